@@ -1,0 +1,1 @@
+"""Host-side typed client of the guest agent."""

@@ -1,0 +1,130 @@
+"""Typed calls to the guest agent over ttRPC, with a timeout on every call.
+
+Long polls (Wait, ReadStdout/ReadStderr) have no timeout of their own; they end
+when the process does or when the connection dies, which the sandbox service
+forces as soon as QEMU exits. So no caller ever hangs on a dead guest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cocoon.ttrpc.client import Client
+from cocoon.ttrpc.status import Code, ConnectionLost, RPCError
+from cocoon.ttrpc.transport import connect_unix
+from cocoon.wire import agent as w
+from cocoon.wire import codec
+
+R = TypeVar("R")
+DEFAULT_TIMEOUT = 30.0
+CREATE_TIMEOUT = 60.0
+
+
+def _translate(method: str, exc: RPCError) -> CocoonError:
+    msg = f"agent {method}: {exc.message}"
+    if exc.code == Code.NOT_FOUND:
+        return NotFound(msg)
+    if exc.code == Code.INVALID_ARGUMENT:
+        return InvalidArgument(msg)
+    if exc.code in (Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS):
+        return FailedPrecondition(msg)
+    return CocoonError(msg)
+
+
+class AgentClient:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @classmethod
+    async def connect(cls, socket_path: str, timeout: float) -> AgentClient:
+        """Connect to the agent socket and wait until the agent answers Check.
+
+        Raises Unavailable if it does not answer within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        transport = await connect_unix(socket_path)
+        agent = cls(Client(transport, "guest agent"))
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await agent.close()
+                raise Unavailable(f"the guest agent did not answer within {timeout:g}s")
+            try:
+                await agent.check(timeout=min(remaining, 1.0))
+                return agent
+            except TimeoutError:
+                continue
+            except Unavailable:
+                await agent.close()
+                raise
+
+    async def call(self, method: str, req: Any, resp_type: type[R], timeout: float | None) -> R:
+        try:
+            payload = await self._client.call(w.SERVICE, method, codec.encode(req), timeout)
+        except RPCError as exc:
+            raise _translate(method, exc) from exc
+        except ConnectionLost as exc:
+            raise Unavailable(f"agent {method}: {exc}") from exc
+        try:
+            return codec.decode(resp_type, payload)
+        except codec.SchemaError as exc:
+            raise Unavailable(f"agent {method}: malformed reply: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def check(self, timeout: float = DEFAULT_TIMEOUT) -> w.CheckResponse:
+        return await self.call("Check", w.Empty(), w.CheckResponse, timeout)
+
+    async def create_sandbox(self, req: w.CreateSandboxRequest) -> None:
+        await self.call("CreateSandbox", req, w.Empty, DEFAULT_TIMEOUT)
+
+    async def destroy_sandbox(self) -> None:
+        await self.call("DestroySandbox", w.Empty(), w.Empty, DEFAULT_TIMEOUT)
+
+    async def create_container(self, req: w.CreateContainerRequest) -> None:
+        await self.call("CreateContainer", req, w.Empty, CREATE_TIMEOUT)
+
+    async def start_container(self, cid: str) -> None:
+        await self.call("StartContainer", w.ContainerRequest(cid), w.Empty, CREATE_TIMEOUT)
+
+    async def remove_container(self, cid: str) -> None:
+        await self.call("RemoveContainer", w.ContainerRequest(cid), w.Empty, CREATE_TIMEOUT)
+
+    async def exec_process(self, req: w.ExecProcessRequest) -> None:
+        await self.call("ExecProcess", req, w.Empty, CREATE_TIMEOUT)
+
+    async def signal_process(self, cid: str, exec_id: str, sig: int, all: bool = False) -> None:
+        req = w.SignalProcessRequest(cid, exec_id, sig, all)
+        await self.call("SignalProcess", req, w.Empty, DEFAULT_TIMEOUT)
+
+    async def wait_process(self, cid: str, exec_id: str = "") -> w.WaitProcessResponse:
+        req = w.ProcessRequest(cid, exec_id)
+        return await self.call("WaitProcess", req, w.WaitProcessResponse, None)
+
+    async def write_stdin(self, cid: str, exec_id: str, data: bytes) -> int:
+        req = w.WriteStreamRequest(cid, exec_id, data)
+        resp = await self.call("WriteStdin", req, w.WriteStreamResponse, DEFAULT_TIMEOUT)
+        return resp.length
+
+    async def close_stdin(self, cid: str, exec_id: str = "") -> None:
+        await self.call("CloseStdin", w.ProcessRequest(cid, exec_id), w.Empty, DEFAULT_TIMEOUT)
+
+    async def read_stream(
+        self, which: str, cid: str, exec_id: str = "", max_len: int = 65536
+    ) -> w.ReadStreamResponse:
+        method = "ReadStdout" if which == "stdout" else "ReadStderr"
+        req = w.ReadStreamRequest(cid, exec_id, max_len)
+        return await self.call(method, req, w.ReadStreamResponse, None)
+
+    async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
+        req = w.TtyWinResizeRequest(cid, exec_id, rows, cols)
+        await self.call("TtyWinResize", req, w.Empty, DEFAULT_TIMEOUT)
+
+    async def list_processes(self, cid: str) -> list[w.ProcessInfo]:
+        req = w.ContainerRequest(cid)
+        resp = await self.call("ListProcesses", req, w.ListProcessesResponse, DEFAULT_TIMEOUT)
+        return resp.processes

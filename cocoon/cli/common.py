@@ -1,0 +1,90 @@
+"""Pieces the verbs share: resolving a container's paths, creating a sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import signal as _signal
+from pathlib import Path
+
+from cocoon.cli.output import Reporter
+from cocoon.errors import AlreadyExists, InvalidArgument
+from cocoon.oci.ids import validate_id
+from cocoon.service.persist import SandboxPaths
+
+
+def paths_for(args: argparse.Namespace, cid: str) -> SandboxPaths:
+    from cocoon.config.paths import runtime_root
+
+    return SandboxPaths(runtime_root(args.root), validate_id(cid))
+
+
+def parse_signal(value: str) -> int:
+    """A signal by number or name (``9``, ``KILL``, ``SIGKILL``); raises InvalidArgument."""
+    if value.isdigit():
+        num = int(value)
+        if 0 < num < 65:
+            return num
+        raise InvalidArgument(f"invalid signal number {value}")
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(_signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {value!r}") from None
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[SandboxPaths, Path]:
+    """Validate the inputs, then create the state dir and state.json for a new sandbox.
+
+    Everything that can be checked is checked before anything is created, so
+    bad input leaves nothing behind. Raises InvalidArgument, AlreadyExists,
+    AssetsMissing.
+    """
+    from cocoon.assets import locate
+    from cocoon.config.paths import assets_dir, cache_dir
+    from cocoon.config.settings import from_environment
+    from cocoon.hypervisor.accel import decide
+    from cocoon.oci.spec import load_bundle
+    from cocoon.service import persist
+
+    paths = paths_for(args, args.id)
+    bundle = load_bundle(args.bundle)
+    settings = from_environment()
+    assets = locate(assets_dir(args.assets_dir))
+    paths.check_socket_lengths()
+    if paths.dir.exists():
+        raise AlreadyExists(f"container {paths.id!r} already exists")
+    decision = decide(settings.qemu, assets.kernel, assets.initrd, assets.image,
+                      cache_dir() / "accel.json")
+    if decision.accel == "tcg":
+        reporter.warn(f"{decision.reason}: running under software emulation (TCG), slowly")
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    try:
+        paths.dir.mkdir(mode=0o700)
+    except FileExistsError:
+        raise AlreadyExists(f"container {paths.id!r} already exists") from None
+    state = persist.SandboxState(
+        id=paths.id, bundle=str(bundle.path), created=now_rfc3339(),
+        accel=decision.accel, annotations=bundle.annotations, settings=settings.to_dict(),
+        assets={"kernel": str(assets.kernel), "initrd": str(assets.initrd),
+                "image": str(assets.image), "key": assets.key,
+                "kernel_version": assets.kernel_version},
+    )
+    persist.save(paths, state)
+    return paths, bundle.path
+
+
+def ensure_absent_on_error(paths: SandboxPaths) -> None:
+    from cocoon.service.launch import force_cleanup
+
+    force_cleanup(paths)
+
+
+__all__ = ["AlreadyExists", "ensure_absent_on_error", "now_rfc3339", "parse_signal",
+           "paths_for", "prepare_sandbox"]

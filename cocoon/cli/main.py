@@ -1,0 +1,63 @@
+"""Entry point of the ``cocoon`` command.
+
+Start-up is on every engine's hot path (podman and containerd call a runtime
+for each verb), so this module imports only argparse and the verb that runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from cocoon.cli.output import Reporter
+
+_VERBS = {
+    "run": "cocoon.cli.run",
+    "state": "cocoon.cli.lifecycle",
+    "kill": "cocoon.cli.lifecycle",
+    "delete": "cocoon.cli.lifecycle",
+    "list": "cocoon.cli.lifecycle",
+    "check": "cocoon.cli.check",
+    "assets": "cocoon.cli.assets",
+    "_service": "cocoon.service.daemon",
+}
+
+VERSION_TEXT = """cocoon version {version}
+spec: 1.1.0
+guest: qemu vm, crun inside the guest"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cocoon.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reporter = Reporter(args.log, args.log_format, args.debug)
+    if args.version:
+        from cocoon import __version__
+
+        print(VERSION_TEXT.format(version=__version__))
+        return 0
+    if not args.verb:
+        parser.print_help()
+        return 1
+    from cocoon.errors import CocoonError
+
+    try:
+        if args.systemd_cgroup:
+            from cocoon.errors import InvalidArgument
+
+            raise InvalidArgument("--systemd-cgroup is not supported: Cocoon uses cgroupfs")
+        module = import_module(_VERBS[args.verb])
+        rc: int = module.run(args, reporter)
+        return rc
+    except CocoonError as exc:
+        reporter.error(str(exc), exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Configuration: paths and settings with their defaults."""

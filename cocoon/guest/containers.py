@@ -1,0 +1,431 @@
+"""Containers and their processes in the guest, created and run by crun.
+
+State machine per container: CREATED (crun create done, init waiting at its
+exec fifo) → RUNNING (crun start) → STOPPED (init reaped). An exec'd process
+is supervised by a foreground ``crun exec`` (the exec'd process itself is
+reparented inside the container's PID namespace, out of the agent's reach).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import termios
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cocoon.guest.reaper import Reaper
+from cocoon.ttrpc.status import Code, RPCError
+
+log = logging.getLogger("cocoon.guest")
+
+CRUN = "/usr/bin/crun"
+CRUN_ROOT = "/run/crun"
+BUNDLES = "/run/cocoon/bundles"
+CGROUP_PARENT = "/cocoon"
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def _error(code: int, msg: str) -> RPCError:
+    return RPCError(code, msg)
+
+
+@dataclass
+class Process:
+    """One process: the container's init or an exec. Holds our ends of its stdio."""
+
+    exec_id: str
+    terminal: bool
+    stdin_fd: int | None = None
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
+    pid: int = 0  # the process itself (signals go here)
+    waiter_pid: int = 0  # the PID we reap (init: the same; exec: crun exec)
+    exit_code: int | None = None
+    exited_at_ns: int = 0
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def close_fds(self) -> None:
+        fds = {self.stdin_fd, self.stdout_fd, self.stderr_fd} - {None}
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # type: ignore[arg-type]
+        self.stdin_fd = self.stdout_fd = self.stderr_fd = None
+
+
+@dataclass
+class Container:
+    id: str
+    bundle: str
+    init: Process
+    state: State = State.CREATED
+    execs: dict[str, Process] = field(default_factory=dict)
+
+    def process(self, exec_id: str) -> Process:
+        if not exec_id:
+            return self.init
+        proc = self.execs.get(exec_id)
+        if proc is None:
+            raise _error(Code.NOT_FOUND, f"exec {exec_id!r} not found in container {self.id!r}")
+        return proc
+
+
+def _console_listener(path: str) -> socket.socket:
+    """Listen on a console socket; crun sends the pty master over it."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    srv.bind(path)
+    srv.listen(1)
+    return srv
+
+
+def _take_master(srv: socket.socket) -> int:
+    conn, _ = srv.accept()
+    with conn:
+        conn.settimeout(10)
+        _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+    if not fds:
+        raise RuntimeError("crun sent no console fd")
+    return fds[0]
+
+
+class ContainerManager:
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.containers: dict[str, Container] = {}
+        self.loop = asyncio.get_running_loop()
+        os.makedirs(BUNDLES, exist_ok=True)
+        os.makedirs(CRUN_ROOT, exist_ok=True)
+
+    def get(self, cid: str) -> Container:
+        ctr = self.containers.get(cid)
+        if ctr is None:
+            raise _error(Code.NOT_FOUND, f"container {cid!r} not found")
+        return ctr
+
+    def _crun(self, *args: str) -> list[str]:
+        return [CRUN, "--root", CRUN_ROOT, *args]
+
+    async def _crun_ok(self, *args: str) -> None:
+        code, out = await self.reaper.run(self._crun(*args))
+        if code != 0:
+            raise _error(Code.INTERNAL, f"crun {args[0]} failed: {_last_line(out)}")
+
+    def _stdio(self, proc: Process, want_stdin: bool) -> tuple[int | None, int, int]:
+        """Make pipes; keep our ends in proc, return the child's ends."""
+        child_in = None
+        if want_stdin:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            proc.stdin_fd, child_in = w, r
+        r1, w1 = os.pipe2(os.O_CLOEXEC)
+        r2, w2 = os.pipe2(os.O_CLOEXEC)
+        proc.stdout_fd, proc.stderr_fd = r1, r2
+        for fd in (r1, r2):
+            os.set_blocking(fd, False)
+        return child_in, w1, w2
+
+    def _watch_exit(self, ctr: Container, proc: Process) -> None:
+        fut = self.reaper.wait(proc.waiter_pid)
+
+        def done(f: asyncio.Future[int]) -> None:
+            proc.exit_code = f.result()
+            proc.exited_at_ns = time.time_ns()
+            proc.exited.set()
+            if proc is ctr.init:
+                ctr.state = State.STOPPED
+            log.info("container %s exec %r exited with %d", ctr.id, proc.exec_id, proc.exit_code)
+
+        fut.add_done_callback(done)
+
+    async def create(
+        self, cid: str, spec: dict[str, Any], rootfs: str, stdin: bool, terminal: bool
+    ) -> None:
+        if cid in self.containers:
+            raise _error(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
+        if not os.path.isdir(rootfs):
+            raise _error(Code.INVALID_ARGUMENT, f"rootfs {rootfs} is not a directory in the guest")
+        bundle = os.path.join(BUNDLES, cid)
+        os.makedirs(bundle)
+        spec = dict(spec)
+        spec["root"] = {**spec.get("root", {}), "path": rootfs}
+        spec.setdefault("process", {})["terminal"] = terminal
+        linux = spec.setdefault("linux", {})
+        linux["cgroupsPath"] = f"{CGROUP_PARENT}/{cid}"
+        spec.pop("hooks", None)
+        with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as fh:
+            json.dump(spec, fh)
+        init = Process(exec_id="", terminal=terminal)
+        ctr = Container(cid, bundle, init)
+        pid_file = os.path.join(bundle, "init.pid")
+        args = ["--log", f"file:{bundle}/crun.log", "create", "--bundle", bundle,
+                "--pid-file", pid_file]
+        try:
+            if terminal:
+                await self._spawn_with_console(init, args, cid, bundle)
+            else:
+                child_in, w1, w2 = self._stdio(init, stdin)
+                try:
+                    pid = self.reaper.spawn(
+                        [*self._crun(*args), cid], stdin=child_in, stdout=w1, stderr=w2
+                    )
+                finally:
+                    for fd in (child_in, w1, w2):
+                        if fd is not None:
+                            os.close(fd)
+                code = await self.reaper.wait(pid)
+                if code != 0:
+                    raise _error(Code.INTERNAL, f"crun create failed: {_crun_log(bundle)}")
+            with open(pid_file, encoding="utf-8") as fh:
+                init.pid = init.waiter_pid = int(fh.read().strip())
+        except BaseException:
+            init.close_fds()
+            with contextlib.suppress(Exception):
+                await self.reaper.run(self._crun("delete", "--force", cid))
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        self.containers[cid] = ctr
+        self._watch_exit(ctr, init)
+
+    async def _spawn_with_console(
+        self, proc: Process, args: list[str], cid: str, bundle: str
+    ) -> None:
+        sock_path = os.path.join(bundle, "console.sock")
+        srv = _console_listener(sock_path)
+        try:
+            pid = self.reaper.spawn([*self._crun(*args, "--console-socket", sock_path), cid])
+            accept = self.loop.run_in_executor(None, _blocking_accept, srv)
+            code = await self.reaper.wait(pid)
+            if code != 0:
+                accept.cancel()
+                raise _error(Code.INTERNAL, f"crun failed: {_crun_log(bundle)}")
+            master = await asyncio.wait_for(accept, 10)
+        finally:
+            srv.close()
+            with contextlib.suppress(OSError):
+                os.unlink(sock_path)
+        os.set_blocking(master, False)
+        proc.stdout_fd = master
+        proc.stdin_fd = os.dup(master)
+
+    async def start(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.state != State.CREATED:
+            raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is {ctr.state.value}")
+        await self._crun_ok("start", cid)
+        if ctr.state == State.CREATED:
+            ctr.state = State.RUNNING
+
+    async def exec(
+        self, cid: str, exec_id: str, process: dict[str, Any], stdin: bool, terminal: bool
+    ) -> None:
+        ctr = self.get(cid)
+        if ctr.state != State.RUNNING:
+            raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is {ctr.state.value}")
+        if not exec_id or exec_id in ctr.execs:
+            raise _error(Code.ALREADY_EXISTS, f"exec id {exec_id!r} is empty or in use")
+        process = dict(process)
+        process["terminal"] = terminal
+        proc_file = os.path.join(ctr.bundle, f"exec-{exec_id}.json")
+        pid_file = os.path.join(ctr.bundle, f"exec-{exec_id}.pid")
+        with open(proc_file, "w", encoding="utf-8") as fh:
+            json.dump(process, fh)
+        proc = Process(exec_id=exec_id, terminal=terminal)
+        args = ["exec", "--process", proc_file, "--pid-file", pid_file]
+        if terminal:
+            sock_path = os.path.join(ctr.bundle, f"exec-{exec_id}.sock")
+            srv = _console_listener(sock_path)
+            try:
+                proc.waiter_pid = self.reaper.spawn(
+                    [*self._crun(*args, "--console-socket", sock_path), cid]
+                )
+                accept = self.loop.run_in_executor(None, _blocking_accept, srv)
+                master = await asyncio.wait_for(asyncio.shield(accept), 10)
+            finally:
+                srv.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(sock_path)
+            os.set_blocking(master, False)
+            proc.stdout_fd, proc.stdin_fd = master, os.dup(master)
+        else:
+            child_in, w1, w2 = self._stdio(proc, stdin)
+            try:
+                proc.waiter_pid = self.reaper.spawn(
+                    [*self._crun(*args), cid], stdin=child_in, stdout=w1, stderr=w2
+                )
+            finally:
+                for fd in (child_in, w1, w2):
+                    if fd is not None:
+                        os.close(fd)
+        ctr.execs[exec_id] = proc
+        self._watch_exit(ctr, proc)
+        # The exec'd PID (for signals) appears once crun has forked it.
+        for _ in range(500):
+            if proc.exited.is_set():
+                break
+            try:
+                with open(pid_file, encoding="utf-8") as fh:
+                    proc.pid = int(fh.read().strip() or 0)
+                if proc.pid:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            await asyncio.sleep(0.01)
+
+    async def signal(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
+        ctr = self.get(cid)
+        proc = ctr.process(exec_id)
+        if proc.exited.is_set():
+            raise _error(Code.NOT_FOUND, f"process {exec_id or 'init'} of {cid!r} is not running")
+        if all_procs and not exec_id:
+            await self._crun_ok("kill", "--all", cid, str(sig))
+            return
+        pid = proc.pid or proc.waiter_pid
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError as exc:
+            raise _error(Code.NOT_FOUND, f"process {pid} is gone") from exc
+
+    async def wait(self, cid: str, exec_id: str) -> tuple[int, int]:
+        proc = self.get(cid).process(exec_id)
+        await proc.exited.wait()
+        assert proc.exit_code is not None
+        return proc.exit_code, proc.exited_at_ns
+
+    async def _readable(self, fd: int) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            self.loop.remove_reader(fd)
+
+    async def read(self, cid: str, exec_id: str, which: str, max_len: int) -> tuple[bytes, bool]:
+        proc = self.get(cid).process(exec_id)
+        fd = proc.stdout_fd if which == "stdout" else proc.stderr_fd
+        if fd is None or (proc.terminal and which == "stderr"):
+            return b"", True
+        while True:
+            try:
+                data = os.read(fd, max(1, min(max_len, 1 << 20)))
+            except BlockingIOError:
+                await self._readable(fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # pty: the slave side is closed
+                    return b"", True
+                raise
+            return data, not data
+
+    async def write(self, cid: str, exec_id: str, data: bytes) -> int:
+        proc = self.get(cid).process(exec_id)
+        if proc.stdin_fd is None:
+            raise _error(Code.FAILED_PRECONDITION, "stdin is closed or was not requested")
+        fd = proc.stdin_fd
+        try:
+            return await self.loop.run_in_executor(None, _write_all, fd, data)
+        except BrokenPipeError:
+            return 0
+
+    def close_stdin(self, cid: str, exec_id: str) -> None:
+        proc = self.get(cid).process(exec_id)
+        if proc.stdin_fd is not None:
+            if proc.terminal:
+                with contextlib.suppress(OSError):
+                    os.write(proc.stdin_fd, b"\x04")  # ^D: end of input on a tty
+            else:
+                os.close(proc.stdin_fd)
+                proc.stdin_fd = None
+
+    def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
+        proc = self.get(cid).process(exec_id)
+        if proc.terminal and proc.stdout_fd is not None:
+            fcntl.ioctl(proc.stdout_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def processes(self, cid: str) -> list[tuple[int, list[str]]]:
+        self.get(cid)
+        path = f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}/cgroup.procs"
+        out = []
+        with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as fh:
+            for line in fh:
+                pid = int(line)
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as cf:
+                        args = [a.decode(errors="replace") for a in cf.read().split(b"\0") if a]
+                except OSError:
+                    continue
+                out.append((pid, args))
+        return out
+
+    async def remove(self, cid: str) -> None:
+        ctr = self.get(cid)
+        for proc in (ctr.init, *ctr.execs.values()):
+            if not proc.exited.is_set() and proc.waiter_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid or proc.waiter_pid, signal.SIGKILL)
+        code, out = await self.reaper.run(self._crun("delete", "--force", cid))
+        if code != 0:
+            log.warning("crun delete %s: %s", cid, _last_line(out))
+        for proc in (ctr.init, *ctr.execs.values()):
+            proc.close_fds()
+        shutil.rmtree(ctr.bundle, ignore_errors=True)
+        del self.containers[cid]
+
+    async def remove_all(self) -> None:
+        for cid in list(self.containers):
+            with contextlib.suppress(Exception):
+                await self.remove(cid)
+
+
+def _blocking_accept(srv: socket.socket) -> int:
+    srv.setblocking(True)
+    srv.settimeout(15)
+    return _take_master(srv)
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    total = 0
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [], 1)
+            continue
+        view = view[n:]
+        total += n
+    return total
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def _crun_log(bundle: str) -> str:
+    try:
+        with open(os.path.join(bundle, "crun.log"), encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return "(no crun log)"
+    last = _last_line(text)
+    with contextlib.suppress(ValueError):
+        return str(json.loads(last).get("msg", last))
+    return last
+

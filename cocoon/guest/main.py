@@ -1,0 +1,52 @@
+"""Agent entry point: PID 1 of the guest after the initramfs switches root."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+
+from cocoon.guest import system
+from cocoon.guest.reaper import Reaper
+from cocoon.guest.service import AgentService
+from cocoon.ttrpc.server import Server
+from cocoon.ttrpc.transport import PortTransport
+from cocoon.wire.agent import AGENT_PORT_NAME
+
+log = logging.getLogger("cocoon.guest")
+
+
+async def serve() -> None:
+    reaper = Reaper()
+    service = AgentService(reaper)
+    server = Server()
+    service.register(server)
+    port = system.find_port(AGENT_PORT_NAME)
+    log.info("agent ready on %s", port)
+    while True:
+        # A protocol error closes the connection; reopen the port and serve
+        # the next host (a restarted sandbox service, or a template's clone).
+        await server.serve(PortTransport(port), "host")
+        log.warning("host connection reset; reopening %s", port)
+        await asyncio.sleep(0.05)
+
+
+def main() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="cocoon-agent: %(levelname)s %(message)s"
+    )
+    try:
+        os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        system.base_mounts()
+        asyncio.run(serve())
+    except BaseException:  # noqa: BLE001 - PID 1 must not exit silently
+        traceback.print_exc()
+    finally:
+        log.error("agent exiting; powering off")
+        system.power_off()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The agent's RPC handlers: decode with the shared schemas, call the manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cocoon import __version__
+from cocoon.guest import system
+from cocoon.guest.containers import ContainerManager
+from cocoon.guest.reaper import Reaper
+from cocoon.ttrpc.server import Server
+from cocoon.ttrpc.status import Code, RPCError
+from cocoon.wire import agent as w
+from cocoon.wire import codec
+
+log = logging.getLogger("cocoon.guest")
+STORAGE_ROOT = "/run/cocoon/storage"
+
+
+class AgentService:
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.containers = ContainerManager(reaper)
+        self.sandbox_id = ""
+        self.mounts: list[str] = []
+
+    # -- sandbox -----------------------------------------------------------
+    async def Check(self, _: w.Empty) -> w.CheckResponse:
+        return w.CheckResponse(__version__, platform.release(), system.uptime())
+
+    async def CreateSandbox(self, req: w.CreateSandboxRequest) -> w.Empty:
+        if self.sandbox_id and self.sandbox_id != req.sandbox_id:
+            raise RPCError(Code.ALREADY_EXISTS, f"this VM already serves {self.sandbox_id!r}")
+        if req.time_ns:
+            system.set_clock(req.time_ns)
+        system.reseed_random(req.seed)
+        if req.hostname:
+            system.sethostname(req.hostname)
+        for st in req.storages:
+            self._mount_storage(st)
+        self.sandbox_id = req.sandbox_id
+        return w.Empty()
+
+    def _mount_storage(self, st: w.Storage) -> None:
+        if not st.mount_point.startswith("/run/"):
+            raise RPCError(Code.INVALID_ARGUMENT, f"mount point {st.mount_point} is not under /run")
+        if system.is_mounted(st.mount_point):
+            return
+        os.makedirs(st.mount_point, exist_ok=True)
+        flags = system.MS_RDONLY if st.readonly else 0
+        if st.driver == "9p":
+            opts = ["trans=virtio", "version=9p2000.L", "msize=524288", *st.options]
+            system.mount(st.source, st.mount_point, "9p", flags, ",".join(opts))
+        elif st.driver == "virtiofs":
+            system.mount(st.source, st.mount_point, "virtiofs", flags, ",".join(st.options))
+        else:
+            raise RPCError(Code.INVALID_ARGUMENT, f"unknown storage driver {st.driver!r}")
+        self.mounts.append(st.mount_point)
+
+    async def DestroySandbox(self, _: w.Empty) -> w.Empty:
+        await self.containers.remove_all()
+        for mp in reversed(self.mounts):
+            with contextlib.suppress(OSError):
+                system.umount(mp)
+        asyncio.get_running_loop().call_later(0.05, system.power_off)
+        return w.Empty()
+
+    # -- containers ----------------------------------------------------------
+    async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
+        await self.containers.create(
+            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal
+        )
+        return w.Empty()
+
+    async def StartContainer(self, req: w.ContainerRequest) -> w.Empty:
+        await self.containers.start(req.container_id)
+        return w.Empty()
+
+    async def RemoveContainer(self, req: w.ContainerRequest) -> w.Empty:
+        await self.containers.remove(req.container_id)
+        return w.Empty()
+
+    async def ExecProcess(self, req: w.ExecProcessRequest) -> w.Empty:
+        await self.containers.exec(
+            req.container_id, req.exec_id, req.process, req.stdin, req.terminal
+        )
+        return w.Empty()
+
+    async def SignalProcess(self, req: w.SignalProcessRequest) -> w.Empty:
+        await self.containers.signal(req.container_id, req.exec_id, req.signal, req.all)
+        return w.Empty()
+
+    async def WaitProcess(self, req: w.ProcessRequest) -> w.WaitProcessResponse:
+        code, at = await self.containers.wait(req.container_id, req.exec_id)
+        return w.WaitProcessResponse(code, at)
+
+    async def WriteStdin(self, req: w.WriteStreamRequest) -> w.WriteStreamResponse:
+        n = await self.containers.write(req.container_id, req.exec_id, req.data)
+        return w.WriteStreamResponse(n)
+
+    async def CloseStdin(self, req: w.ProcessRequest) -> w.Empty:
+        self.containers.close_stdin(req.container_id, req.exec_id)
+        return w.Empty()
+
+    async def ReadStdout(self, req: w.ReadStreamRequest) -> w.ReadStreamResponse:
+        data, eof = await self.containers.read(req.container_id, req.exec_id, "stdout", req.max_len)
+        return w.ReadStreamResponse(data, eof)
+
+    async def ReadStderr(self, req: w.ReadStreamRequest) -> w.ReadStreamResponse:
+        data, eof = await self.containers.read(req.container_id, req.exec_id, "stderr", req.max_len)
+        return w.ReadStreamResponse(data, eof)
+
+    async def TtyWinResize(self, req: w.TtyWinResizeRequest) -> w.Empty:
+        self.containers.resize(req.container_id, req.exec_id, req.rows, req.cols)
+        return w.Empty()
+
+    async def ListProcesses(self, req: w.ContainerRequest) -> w.ListProcessesResponse:
+        procs = self.containers.processes(req.container_id)
+        return w.ListProcessesResponse([w.ProcessInfo(pid, args) for pid, args in procs])
+
+    # -- wiring ----------------------------------------------------------------
+    def register(self, server: Server) -> None:
+        for name, (req_type, _resp_type) in w.METHODS.items():
+            method: Callable[[Any], Awaitable[Any]] = getattr(self, name)
+            server.register(w.SERVICE, name, _adapt(method, req_type))
+
+
+def _adapt(method: Callable[[Any], Awaitable[Any]], req_type: type) -> Any:
+    async def handler(payload: bytes) -> bytes:
+        try:
+            req = codec.decode(req_type, payload)
+        except codec.SchemaError as exc:
+            raise RPCError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        try:
+            return codec.encode(await method(req))
+        except OSError as exc:
+            raise RPCError(Code.INTERNAL, str(exc)) from exc
+
+    return handler

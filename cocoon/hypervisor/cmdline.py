@@ -1,0 +1,127 @@
+"""QEMU command lines computed as plain data from a :class:`VMPlan`.
+
+Only the devices a sandbox needs, each explained where it is added. The plan
+is generic on purpose: it knows nothing of containers, so that a VM booted
+from it could be a template (the per-sandbox share is the one exception, and
+it is a 9p device the guest mounts only when told to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Boot tuning measured under TCG (shared/facts/host.md §2): skip crypto self
+# tests and the W+X check, calibrate the TSC from a constant, one UART.
+BASE_KERNEL_PARAMS = (
+    "console=ttyS0 quiet panic=-1 tsc_early_khz=2500000 lpj=10000000 cryptomgr.notests "
+    "rodata=off tsc=reliable mitigations=off audit=0 nowatchdog i8042.noaux i8042.nokbd "
+    "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cocoon.root=/dev/vda"
+)
+SHARE_TAG = "cocoon"
+MACHINES = ("pc", "microvm")
+
+
+@dataclass(frozen=True)
+class SharePlan:
+    """The sandbox's shared directory: 9p (QEMU serves it) or virtio-fs (virtiofsd does)."""
+
+    kind: str  # "9p" | "virtiofs"
+    path: Path | None = None  # 9p: the host directory
+    socket: Path | None = None  # virtiofs: virtiofsd's vhost-user socket
+    tag: str = SHARE_TAG
+
+
+@dataclass(frozen=True)
+class VMPlan:
+    qemu: str
+    kernel: Path
+    initrd: Path
+    image: Path
+    qmp_socket: Path
+    agent_socket: Path
+    console_log: Path
+    accel: str = "tcg"
+    machine: str = "pc"
+    vcpus: int = 1
+    memory_mib: int = 256
+    share: SharePlan | None = None
+    extra_kernel_params: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.machine not in MACHINES:
+            raise ValueError(f"unsupported machine type {self.machine!r}")
+        if self.accel not in ("tcg", "kvm"):
+            raise ValueError(f"unsupported accelerator {self.accel!r}")
+
+
+def _bus(plan: VMPlan, device: str) -> str:
+    """virtio devices are PCI on pc and MMIO on microvm."""
+    return f"{device}-{'pci' if plan.machine == 'pc' else 'device'}"
+
+
+def build_argv(plan: VMPlan) -> list[str]:
+    """The full QEMU argv for ``plan``."""
+    memory_backend = plan.share is not None and plan.share.kind == "virtiofs"
+    machine = plan.machine
+    if plan.machine == "microvm" and memory_backend:
+        machine += ",memory-backend=mem"
+    argv = [
+        plan.qemu,
+        "-name", "cocoon",
+        "-accel", plan.accel,
+        "-M", machine,
+        "-cpu", "host" if plan.accel == "kvm" else "qemu64",
+        "-smp", str(plan.vcpus),
+        "-m", f"{plan.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        # PVH direct boot of the uncompressed kernel: no firmware decompression.
+        "-kernel", str(plan.kernel),
+        "-initrd", str(plan.initrd),
+        "-append", " ".join([BASE_KERNEL_PARAMS, *plan.extra_kernel_params]),
+        # Guest console (kernel, init and agent logs) into a file.
+        "-chardev", f"file,id=console,path={plan.console_log}",
+        "-serial", "chardev:console",
+        # QMP for status, stop and hotplug.
+        "-qmp", f"unix:{plan.qmp_socket},server=on,wait=off",
+    ]
+    if plan.machine == "microvm":
+        # virtiofsd (libvhost-user) refuses legacy virtio, microvm's MMIO default.
+        argv += ["-global", "virtio-mmio.force-legacy=false"]
+    # The agent channel: one virtio-serial port (no vsock on these hosts).
+    argv += [
+        "-device", f"{_bus(plan, 'virtio-serial')},id=vser0",
+        "-chardev", f"socket,id=agent,path={plan.agent_socket},server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
+    ]
+    # The read-only guest root image (erofs) on virtio-blk.
+    argv += [
+        "-drive", f"file={plan.image},if=none,id=root,format=raw,readonly=on",
+        "-device", f"{_bus(plan, 'virtio-blk')},drive=root",
+    ]
+    if plan.share is not None:
+        argv += _share_args(plan, plan.share)
+    return argv
+
+
+def _share_args(plan: VMPlan, share: SharePlan) -> list[str]:
+    if share.kind == "9p":
+        if share.path is None:
+            raise ValueError("a 9p share needs a path")
+        return [
+            "-fsdev", f"local,id=share,path={share.path},security_model=none",
+            "-device", f"{_bus(plan, 'virtio-9p')},fsdev=share,mount_tag={share.tag}",
+        ]
+    if share.kind == "virtiofs":
+        if share.socket is None:
+            raise ValueError("a virtio-fs share needs a socket")
+        # vhost-user needs guest RAM that virtiofsd can map: a shared memfd.
+        args = [
+            "-object", f"memory-backend-memfd,id=mem,size={plan.memory_mib}M,share=on",
+            "-chardev", f"socket,id=vfs,path={share.socket}",
+            "-device", f"{_bus(plan, 'vhost-user-fs')},chardev=vfs,tag={share.tag}",
+        ]
+        if plan.machine == "pc":
+            args += ["-numa", "node,memdev=mem"]
+        return args
+    raise ValueError(f"unknown share kind {share.kind!r}")

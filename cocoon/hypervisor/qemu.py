@@ -1,0 +1,154 @@
+"""The QEMU process and its QMP connection (QEMU's own ``qemu.qmp`` library).
+
+States: NEW → RUNNING (process up, QMP connected) → STOPPED (process gone).
+The process is a child of the sandbox service; its exit is watched so every
+waiter learns when the VM dies, however it died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from cocoon.procutil import die_with_parent
+from cocoon.errors import CocoonError, Unavailable
+from cocoon.hypervisor.cmdline import VMPlan, build_argv
+
+log = logging.getLogger("cocoon.qemu")
+
+
+class VMState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with status {code}"
+
+
+class QemuVM:
+    def __init__(self, plan: VMPlan, qemu_log: Path) -> None:
+        self.plan = plan
+        self.qemu_log = qemu_log
+        self.state = VMState.NEW
+        self.proc: asyncio.subprocess.Process | None = None
+        self.qmp: Any = None
+        self.exited = asyncio.Event()
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    def _tail_log(self) -> str:
+        try:
+            lines = self.qemu_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    async def start(self, pass_fds: tuple[int, ...] = ()) -> None:
+        """Start QEMU and connect QMP; raise CocoonError naming why it failed."""
+        if self.state != VMState.NEW:
+            raise CocoonError(f"cannot start a VM in state {self.state.value}")
+        argv = build_argv(self.plan)
+        log.info("starting %s", " ".join(argv))
+        with open(self.qemu_log, "ab") as logf:
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                    pass_fds=pass_fds, start_new_session=True,
+                    preexec_fn=die_with_parent(),
+                )
+            except OSError as exc:
+                raise CocoonError(f"cannot start QEMU {self.plan.qemu}", exc) from exc
+        asyncio.get_running_loop().create_task(self._watch())
+        try:
+            await self._connect_qmp()
+        except BaseException:
+            await self.kill()
+            raise
+        self.state = VMState.RUNNING
+
+    async def _watch(self) -> None:
+        assert self.proc is not None
+        self.exit_code = await self.proc.wait()
+        self.state = VMState.STOPPED
+        self.exited.set()
+        log.info("QEMU %s", describe_exit(self.exit_code))
+
+    async def _connect_qmp(self, timeout: float = 10.0) -> None:
+        from qemu.qmp import QMPClient
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.plan.qmp_socket.exists():
+            if self.exited.is_set():
+                raise CocoonError(
+                    f"QEMU failed to start ({describe_exit(self.exit_code)}): {self._tail_log()}"
+                )
+            if loop.time() > deadline:
+                raise CocoonError("QEMU did not open its QMP socket in time")
+            await asyncio.sleep(0.01)
+        self.qmp = QMPClient("cocoon")
+        try:
+            await asyncio.wait_for(self.qmp.connect(str(self.plan.qmp_socket)), timeout)
+        except Exception as exc:
+            raise CocoonError("cannot connect to QEMU's QMP socket", exc) from exc
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command; raise Unavailable if the VM is gone."""
+        if self.state != VMState.RUNNING or self.qmp is None:
+            raise Unavailable(f"VM is {self.state.value}")
+        try:
+            return await asyncio.wait_for(self.qmp.execute(cmd, args), 10)
+        except Exception as exc:
+            raise Unavailable(f"QMP {cmd} failed", exc) from exc
+
+    async def status(self) -> str:
+        result = await self.execute("query-status")
+        return str(result["status"])
+
+    async def device_add(self, driver: str, dev_id: str, **props: Any) -> None:
+        await self.execute("device_add", {"driver": driver, "id": dev_id, **props})
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), timeout)
+        return self.exit_code
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Stop the VM: QMP quit, then SIGKILL if it lingers; always ends STOPPED."""
+        if self.proc is None or self.exited.is_set():
+            await self._close_qmp()
+            return
+        with contextlib.suppress(Exception):
+            if self.qmp is not None:
+                await asyncio.wait_for(self.qmp.execute("quit"), 2)
+        await self._close_qmp()
+        if await self.wait(grace) is None:
+            await self.kill()
+
+    async def kill(self) -> None:
+        if self.proc is not None and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            await self.exited.wait()
+        await self._close_qmp()
+
+    async def _close_qmp(self) -> None:
+        if self.qmp is not None:
+            qmp, self.qmp = self.qmp, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(qmp.disconnect(), 2)

@@ -1,0 +1,100 @@
+"""Loading and validating an OCI bundle's config.json.
+
+Only what Cocoon relies on is checked here; the guest's crun validates the
+rest. Every error names the bundle and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cocoon.errors import InvalidArgument
+
+SUPPORTED_MAJOR = "1."
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    spec: dict[str, Any]
+
+    @property
+    def rootfs(self) -> Path:
+        root = Path(self.spec["root"]["path"])
+        return root if root.is_absolute() else self.path / root
+
+    @property
+    def readonly_rootfs(self) -> bool:
+        return bool(self.spec.get("root", {}).get("readonly", False))
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self.spec.get("process", {}).get("terminal", False))
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.spec.get("annotations") or {})
+
+
+def _require(cond: bool, config: Path, msg: str) -> None:
+    if not cond:
+        raise InvalidArgument(f"invalid {config}: {msg}")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate ``<path>/config.json``; raise InvalidArgument on any problem."""
+    bundle = Path(path).absolute()
+    config = bundle / "config.json"
+    if not bundle.is_dir():
+        raise InvalidArgument(f"bundle {bundle} does not exist or is not a directory")
+    try:
+        raw = config.read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgument(f"bundle {bundle} has no config.json") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {config}", exc) from exc
+    try:
+        spec = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"malformed {config}", exc) from exc
+    validate_spec(spec, config)
+    b = Bundle(bundle, spec)
+    _require(b.rootfs.is_dir(), config, f"root.path {b.rootfs} is not a directory")
+    return b
+
+
+def validate_spec(spec: Any, config: Path) -> None:
+    _require(isinstance(spec, dict), config, "top level must be a JSON object")
+    version = spec.get("ociVersion")
+    _require(isinstance(version, str), config, "ociVersion must be a string")
+    _require(version.startswith(SUPPORTED_MAJOR), config, f"unsupported ociVersion {version!r}")
+    root = spec.get("root")
+    _require(isinstance(root, dict), config, "root must be an object")
+    _require(isinstance(root.get("path"), str) and bool(root["path"]), config, "root.path is required")
+    proc = spec.get("process")
+    if proc is not None:
+        _require(isinstance(proc, dict), config, "process must be an object")
+        args = proc.get("args")
+        _require(
+            isinstance(args, list) and bool(args) and all(isinstance(a, str) for a in args),
+            config, "process.args must be a non-empty list of strings",
+        )
+        cwd = proc.get("cwd", "/")
+        _require(isinstance(cwd, str) and cwd.startswith("/"), config, "process.cwd must be absolute")
+        env = proc.get("env", [])
+        _require(isinstance(env, list) and all(isinstance(e, str) for e in env), config,
+                 "process.env must be a list of strings")
+    mounts = spec.get("mounts", [])
+    _require(isinstance(mounts, list), config, "mounts must be a list")
+    for i, m in enumerate(mounts):
+        _require(isinstance(m, dict) and isinstance(m.get("destination"), str), config,
+                 f"mounts[{i}].destination is required")
+        _require(m["destination"].startswith("/"), config, f"mounts[{i}].destination must be absolute")
+    ann = spec.get("annotations", {})
+    _require(isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values()), config,
+             "annotations must map strings to strings")
+    linux = spec.get("linux", {})
+    _require(isinstance(linux, dict), config, "linux must be an object")

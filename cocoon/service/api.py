@@ -1,0 +1,154 @@
+"""The service's doors: ttRPC for verbs, and a unix socket that receives stdio fds.
+
+The CLI hands over the fds it was given (SCM_RIGHTS) so that the service, which
+outlives the CLI, relays the container's stdio into them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cocoon.errors import (
+    AlreadyExists,
+    CocoonError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from cocoon.service.sandbox import Sandbox
+from cocoon.ttrpc.server import Server
+from cocoon.ttrpc.status import Code, RPCError
+from cocoon.wire import codec
+from cocoon.wire import service as s
+
+log = logging.getLogger("cocoon.service")
+
+_CODES: list[tuple[type[CocoonError], Code]] = [
+    (NotFound, Code.NOT_FOUND),
+    (AlreadyExists, Code.ALREADY_EXISTS),
+    (InvalidArgument, Code.INVALID_ARGUMENT),
+    (FailedPrecondition, Code.FAILED_PRECONDITION),
+    (Unavailable, Code.UNAVAILABLE),
+]
+
+
+def to_rpc_error(exc: CocoonError) -> RPCError:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return RPCError(code, str(exc))
+    return RPCError(Code.UNKNOWN, str(exc))
+
+
+class ServiceAPI:
+    def __init__(self, sandbox: Sandbox, on_empty: Callable[[], None]) -> None:
+        self.sandbox = sandbox
+        self.on_empty = on_empty
+
+    async def Create(self, req: s.CreateRequest) -> s.Empty:
+        await self.sandbox.create_container(req.container_id, req.bundle, req.stdin)
+        return s.Empty()
+
+    async def Start(self, req: s.ContainerRef) -> s.Empty:
+        await self.sandbox.start_container(req.container_id)
+        return s.Empty()
+
+    async def State(self, req: s.ContainerRef) -> s.ContainerStatus:
+        ctr = self.sandbox.get(req.container_id)
+        pid = self.sandbox.vm.pid if self.sandbox.vm else 0
+        return s.ContainerStatus(ctr.id, ctr.status, pid, str(ctr.bundle), "", ctr.annotations)
+
+    async def Kill(self, req: s.KillRequest) -> s.Empty:
+        await self.sandbox.kill(req.container_id, req.exec_id, req.signal, req.all)
+        return s.Empty()
+
+    async def Wait(self, req: s.ContainerRef) -> s.WaitResponse:
+        try:
+            status, at = await self.sandbox.wait(req.container_id, req.exec_id)
+        except Unavailable as exc:
+            return s.WaitResponse(status=255, error=str(exc))
+        t = self.sandbox.timings
+        t0 = t.get("boot_start", 0.0)
+        return s.WaitResponse(status, at, timings={k: v - t0 for k, v in t.items()})
+
+    async def Delete(self, req: s.DeleteRequest) -> s.Empty:
+        await self.sandbox.delete_container(req.container_id, req.force)
+        if not self.sandbox.containers:
+            await self.sandbox.shutdown()
+            self.on_empty()
+        return s.Empty()
+
+    async def Shutdown(self, _: s.Empty) -> s.Empty:
+        await self.sandbox.shutdown()
+        self.on_empty()
+        return s.Empty()
+
+    def register(self, server: Server) -> None:
+        for name, (req_type, _) in s.METHODS.items():
+            server.register(s.SERVICE, name, _adapt(getattr(self, name), req_type))
+
+
+def _adapt(method: Callable[[Any], Awaitable[Any]], req_type: type) -> Any:
+    async def handler(payload: bytes) -> bytes:
+        try:
+            req = codec.decode(req_type, payload)
+        except codec.SchemaError as exc:
+            raise RPCError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        try:
+            return codec.encode(await method(req))
+        except CocoonError as exc:
+            raise to_rpc_error(exc) from exc
+
+    return handler
+
+
+async def serve_stdio_socket(sandbox: Sandbox, path: str) -> asyncio.AbstractServer:
+    """Accept ``{"container_id", "exec_id", "streams": [...]}`` + fds; reply ``ok`` or an error."""
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        fds: list[int] = []
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(None, _recv, sock.dup())
+            header_bytes, fds = raw
+            header = json.loads(header_bytes)
+            streams = header.get("streams", [])
+            if len(streams) != len(fds) or not set(streams) <= {"stdin", "stdout", "stderr"}:
+                raise InvalidArgument("stdio handoff: streams and fds do not match")
+            by_name = dict(zip(streams, fds, strict=True))
+            sandbox.attach_stdio(
+                str(header["container_id"]), str(header.get("exec_id", "")),
+                by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"),
+            )
+            fds = []
+            writer.write(b"ok\n")
+        except (CocoonError, ValueError, KeyError, OSError) as exc:
+            writer.write(f"error: {exc}\n".encode())
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(Exception):
+                await writer.drain()
+                writer.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = await asyncio.start_unix_server(on_connect, path)
+    os.chmod(path, 0o600)
+    return server
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    with sock:
+        sock.setblocking(True)
+        sock.settimeout(10)
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 8)
+        return msg, fds

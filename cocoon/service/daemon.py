@@ -1,0 +1,112 @@
+"""The sandbox service process: ``cocoon _service --sandbox-dir D --ready-fd N``.
+
+Started by the CLI, it outlives it. It enters a private mount namespace first,
+so every mount it makes (the shared dir) disappears with it, even on a crash;
+QEMU and virtiofsd are its children and die with it (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from cocoon.assets import GuestAssets
+from cocoon.cli.output import Reporter
+from cocoon.config.settings import Settings
+from cocoon.service import persist
+from cocoon.storage.mounts import private_mount_namespace, umount
+
+log = logging.getLogger("cocoon.service")
+IDLE_TIMEOUT = 300.0
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    sandbox_dir = Path(args.sandbox_dir)
+    paths = persist.SandboxPaths(sandbox_dir.parent, sandbox_dir.name)
+    logging.basicConfig(
+        filename=str(paths.service_log), level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    ready = os.fdopen(args.ready_fd, "w")
+    try:
+        private_mount_namespace()
+        state = persist.load(paths)
+        state.service_pid = os.getpid()
+        persist.save(paths, state)
+    except Exception as exc:
+        ready.write(f"error: cannot start the sandbox service: {exc}\n")
+        ready.close()
+        os._exit(1)
+    rc = 1
+    try:
+        rc = asyncio.run(_main(paths, state, ready))
+    except BaseException:
+        log.exception("sandbox service failed")
+    finally:
+        logging.shutdown()
+    # Relay threads may sit in blocking reads of the caller's fds: do not wait for them.
+    os._exit(rc)
+
+
+async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready: object) -> int:
+    from cocoon.service.api import ServiceAPI, serve_stdio_socket
+    from cocoon.service.sandbox import Sandbox
+    from cocoon.ttrpc.server import Server
+
+    settings = Settings.from_dict(state.settings)
+    assets = GuestAssets(
+        kernel=Path(state.assets["kernel"]), initrd=Path(state.assets["initrd"]),
+        image=Path(state.assets["image"]), key=state.assets.get("key", ""),
+        kernel_version=state.assets.get("kernel_version", ""),
+    )
+    sandbox = Sandbox(paths, settings, assets, state.accel or "tcg")
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, done.set)
+    server = Server()
+    ServiceAPI(sandbox, done.set).register(server)
+    rpc = await server.listen_unix(str(paths.service_sock))
+    fds = await serve_stdio_socket(sandbox, str(paths.stdio_sock))
+    sandbox.start_boot()
+    assert hasattr(ready, "write") and hasattr(ready, "close")
+    ready.write("ok\n")
+    ready.close()
+
+    async def idle_guard() -> None:
+        await asyncio.sleep(IDLE_TIMEOUT)
+        if not sandbox.containers:
+            log.warning("no container after %.0fs: shutting down", IDLE_TIMEOUT)
+            done.set()
+
+    guard = loop.create_task(idle_guard())
+    await done.wait()
+    guard.cancel()
+    await sandbox.shutdown()
+    _log_timings(sandbox.timings)
+    rpc.close()
+    fds.close()
+    _teardown(paths, sandbox.share.shared_dir, sandbox.share.mounts_dir)
+    await asyncio.sleep(0.05)  # let the last reply (Delete) reach the caller
+    return 0
+
+
+def _log_timings(timings: dict[str, float]) -> None:
+    if "boot_start" in timings:
+        t0 = timings["boot_start"]
+        log.info("timings: %s", " ".join(f"{k}=+{v - t0:.3f}s" for k, v in timings.items()))
+
+
+def _teardown(paths: persist.SandboxPaths, shared: Path, mounts_dir: Path) -> None:
+    for mp in (shared, mounts_dir):
+        with contextlib.suppress(OSError):
+            umount(str(mp))
+    logging.shutdown()
+    left = persist.remove_tree(paths.dir)
+    if left:
+        logging.getLogger("cocoon.service").error("left behind: %s", left)

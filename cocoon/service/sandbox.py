@@ -1,0 +1,325 @@
+"""One sandbox: its VM, fs daemon, agent link, containers and processes.
+
+Sandbox states: NEW → BOOTING → READY → STOPPING → STOPPED, or DEAD when the
+VM exits on its own (then every waiter learns why). The VM boots generic and
+learns who it is afterwards (CreateSandbox: clock, randomness, hostname, the
+share), which is what VM templates will need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cocoon.agent.client import AgentClient
+from cocoon.assets import GuestAssets
+from cocoon.config.settings import Settings
+from cocoon.errors import (
+    AlreadyExists,
+    CocoonError,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+)
+from cocoon.hypervisor.cmdline import SHARE_TAG, SharePlan, VMPlan
+from cocoon.hypervisor.qemu import QemuVM, describe_exit
+from cocoon.oci.spec import load_bundle
+from cocoon.service import persist
+from cocoon.service.stdio import Relays
+from cocoon.storage.share import GUEST_SHARE, SharedDir, plan_container
+from cocoon.storage.virtiofsd import Virtiofsd
+from cocoon.wire import agent as w
+
+log = logging.getLogger("cocoon.sandbox")
+IO_DRAIN_TIMEOUT = 5.0
+
+
+class SandboxState(enum.Enum):
+    NEW = "new"
+    BOOTING = "booting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DEAD = "dead"
+
+
+@dataclass
+class ProcessRecord:
+    cid: str
+    exec_id: str
+    exit: asyncio.Future[tuple[int, int]]
+    relays: Relays | None = None
+    waiter: asyncio.Task[None] | None = None
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    bundle: Path
+    status: str = "created"  # created | running | stopped
+    init: ProcessRecord | None = None
+    execs: dict[str, ProcessRecord] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+class Sandbox:
+    def __init__(
+        self, paths: persist.SandboxPaths, settings: Settings, assets: GuestAssets, accel: str
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.assets = assets
+        self.accel = accel
+        self.state = SandboxState.NEW
+        self.vm: QemuVM | None = None
+        self.fsd: Virtiofsd | None = None
+        self.agent: AgentClient | None = None
+        self.share = SharedDir(paths.dir)
+        self.containers: dict[str, ContainerRecord] = {}
+        self.death_reason = ""
+        self.stopped = asyncio.Event()
+        self._boot_task: asyncio.Task[None] | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- boot ----------------------------------------------------------------
+    def start_boot(self) -> None:
+        if self._boot_task is None:
+            self._boot_task = asyncio.get_running_loop().create_task(self._boot())
+
+    async def ready(self) -> AgentClient:
+        """Wait for the boot; raise the boot's error, or Unavailable if the VM died."""
+        self.start_boot()
+        assert self._boot_task is not None
+        await asyncio.shield(self._boot_task)
+        if self.state != SandboxState.READY or self.agent is None:
+            raise Unavailable(self.death_reason or f"sandbox is {self.state.value}")
+        return self.agent
+
+    def _mark(self, name: str) -> None:
+        self.timings[name] = time.monotonic()
+
+    async def _boot(self) -> None:
+        self.state = SandboxState.BOOTING
+        self._mark("boot_start")
+        self.share.setup()
+        share: SharePlan
+        if self.settings.shared_fs == "virtiofs":
+            self.fsd = Virtiofsd(
+                self.settings.virtiofsd, self.share.shared_dir, self.paths.vfs_sock,
+                self.paths.virtiofsd_log,
+            )
+            await self.fsd.start()
+            share = SharePlan("virtiofs", socket=self.paths.vfs_sock)
+        else:
+            share = SharePlan("9p", path=self.share.shared_dir)
+        plan = VMPlan(
+            qemu=self.settings.qemu, kernel=self.assets.kernel, initrd=self.assets.initrd,
+            image=self.assets.image, qmp_socket=self.paths.qmp_sock,
+            agent_socket=self.paths.agent_sock, console_log=self.paths.console_log,
+            accel=self.accel, machine=self.settings.machine, vcpus=self.settings.vcpus,
+            memory_mib=self.settings.memory_mib, share=share,
+        )
+        self.vm = QemuVM(plan, self.paths.qemu_log)
+        await self.vm.start()
+        self._mark("qemu_started")
+        asyncio.get_running_loop().create_task(self._watch_vm())
+        self._persist_pids()
+        try:
+            self.agent = await self._connect_agent()
+        except CocoonError:
+            await self.vm.kill()
+            raise
+        self._mark("agent_ready")
+        await self.agent.create_sandbox(w.CreateSandboxRequest(
+            sandbox_id=self.paths.id, hostname=self.paths.id[:63],
+            storages=[w.Storage(driver="9p" if share.kind == "9p" else "virtiofs",
+                                source=SHARE_TAG, mount_point=GUEST_SHARE,
+                                options=["cache=mmap"] if share.kind == "9p" else [])],
+            time_ns=time.time_ns(), seed=secrets.token_bytes(64),
+        ))
+        self._mark("sandbox_ready")
+        self.state = SandboxState.READY
+
+    async def _connect_agent(self) -> AgentClient:
+        assert self.vm is not None
+        connect = asyncio.ensure_future(
+            AgentClient.connect(str(self.paths.agent_sock), self.settings.agent_timeout)
+        )
+        died = asyncio.ensure_future(self.vm.exited.wait())
+        done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
+        if connect in done:
+            died.cancel()
+            return connect.result()
+        connect.cancel()
+        raise Unavailable(
+            f"the VM {describe_exit(self.vm.exit_code)} before its agent answered "
+            f"(see {self.paths.console_log})"
+        )
+
+    def _persist_pids(self) -> None:
+        try:
+            st = persist.load(self.paths)
+        except CocoonError:
+            return
+        st.qemu_pid = self.vm.pid if self.vm else 0
+        st.virtiofsd_pid = self.fsd.pid if self.fsd else 0
+        persist.save(self.paths, st)
+
+    async def _watch_vm(self) -> None:
+        assert self.vm is not None
+        await self.vm.exited.wait()
+        if self.state in (SandboxState.STOPPING, SandboxState.STOPPED):
+            return
+        self.state = SandboxState.DEAD
+        self.death_reason = f"the VM exited unexpectedly: QEMU {describe_exit(self.vm.exit_code)}"
+        log.error("%s", self.death_reason)
+        if self.agent is not None:
+            await self.agent.close()
+        for ctr in self.containers.values():
+            for proc in (ctr.init, *ctr.execs.values()):
+                if proc is not None and not proc.exit.done():
+                    proc.exit.set_exception(Unavailable(self.death_reason))
+            ctr.status = "stopped"
+        if self.fsd is not None:
+            await self.fsd.stop()
+
+    # -- containers ------------------------------------------------------------
+    def get(self, cid: str) -> ContainerRecord:
+        ctr = self.containers.get(cid)
+        if ctr is None:
+            raise NotFound(f"container {cid!r} does not exist")
+        return ctr
+
+    def _process(self, cid: str, exec_id: str) -> ProcessRecord:
+        ctr = self.get(cid)
+        proc = ctr.init if not exec_id else ctr.execs.get(exec_id)
+        if proc is None:
+            raise NotFound(f"process {exec_id or 'init'} of container {cid!r} does not exist")
+        return proc
+
+    async def create_container(self, cid: str, bundle_dir: str, stdin: bool) -> None:
+        if cid in self.containers:
+            raise AlreadyExists(f"container {cid!r} already exists")
+        bundle = load_bundle(bundle_dir)
+        plan = plan_container(cid, bundle.spec, bundle.rootfs, bundle.readonly_rootfs)
+        agent = await self.ready()
+        self.share.apply_binds(plan.binds)
+        try:
+            await agent.create_container(w.CreateContainerRequest(
+                container_id=cid, spec=plan.guest_spec, rootfs=plan.guest_rootfs,
+                stdin=stdin, terminal=bundle.terminal,
+            ))
+        except BaseException:
+            self.share.remove_binds(cid)
+            raise
+        self._mark("container_created")
+        ctr = ContainerRecord(cid, bundle.path, annotations=bundle.annotations)
+        ctr.init = self._track(cid, "")
+        self.containers[cid] = ctr
+
+    def _track(self, cid: str, exec_id: str) -> ProcessRecord:
+        loop = asyncio.get_running_loop()
+        proc = ProcessRecord(cid, exec_id, loop.create_future())
+
+        async def waiter() -> None:
+            assert self.agent is not None
+            try:
+                resp = await self.agent.wait_process(cid, exec_id)
+            except CocoonError as exc:
+                if not proc.exit.done():
+                    proc.exit.set_exception(Unavailable(self.death_reason or str(exc)))
+                return
+            if not proc.exit.done():
+                proc.exit.set_result((resp.status, resp.exited_at_ns))
+            if not exec_id:
+                self.containers[cid].status = "stopped"
+                self._mark("container_exited")
+
+        proc.waiter = loop.create_task(waiter())
+        proc.exit.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        return proc
+
+    def attach_stdio(
+        self, cid: str, exec_id: str, stdin: int | None, stdout: int | None, stderr: int | None
+    ) -> None:
+        proc = self._process(cid, exec_id)
+        if proc.relays is not None:
+            raise FailedPrecondition(f"stdio of {cid}/{exec_id or 'init'} is already attached")
+        if self.agent is None:
+            raise Unavailable(self.death_reason or "the sandbox is not running")
+        proc.relays = Relays(asyncio.get_running_loop(), self.agent, cid, exec_id)
+        proc.relays.start(stdin, stdout, stderr)
+
+    async def start_container(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.status != "created":
+            raise FailedPrecondition(f"container {cid!r} is {ctr.status}, not created")
+        agent = await self.ready()
+        await agent.start_container(cid)
+        self._mark("container_started")
+        if ctr.status == "created":
+            ctr.status = "running"
+
+    async def kill(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
+        proc = self._process(cid, exec_id)
+        if proc.exit.done():
+            raise FailedPrecondition(f"container {cid!r} is not running")
+        agent = await self.ready()
+        await agent.signal_process(cid, exec_id, sig, all_procs)
+
+    async def wait(self, cid: str, exec_id: str) -> tuple[int, int]:
+        """The exit status (after output is drained); raises Unavailable if the VM died."""
+        proc = self._process(cid, exec_id)
+        status = await asyncio.shield(proc.exit)
+        if proc.relays is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.relays.done.wait(), IO_DRAIN_TIMEOUT)
+        return status
+
+    async def delete_container(self, cid: str, force: bool) -> None:
+        ctr = self.get(cid)
+        if ctr.status == "running" and not force:
+            raise FailedPrecondition(f"container {cid!r} is running; stop it or use --force")
+        if self.state == SandboxState.READY and self.agent is not None:
+            assert ctr.init is not None
+            if not ctr.init.exit.done():
+                with contextlib.suppress(CocoonError):
+                    await self.agent.signal_process(cid, "", signal.SIGKILL, True)
+                with contextlib.suppress(CocoonError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ctr.init.exit), 10)
+            with contextlib.suppress(CocoonError):
+                await self.agent.remove_container(cid)
+        self.share.remove_binds(cid)
+        del self.containers[cid]
+
+    # -- teardown ------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Stop the VM and the fs daemon; idempotent, never raises."""
+        if self.state == SandboxState.STOPPED:
+            return
+        was_ready = self.state == SandboxState.READY
+        self.state = SandboxState.STOPPING
+        if self._boot_task is not None and not self._boot_task.done():
+            self._boot_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._boot_task
+        if self.vm is not None:
+            if was_ready and self.agent is not None:
+                with contextlib.suppress(CocoonError, TimeoutError):
+                    await asyncio.wait_for(self.agent.destroy_sandbox(), 5)
+                await self.vm.wait(5)
+            await self.vm.stop()
+        if self.agent is not None:
+            await self.agent.close()
+        if self.fsd is not None:
+            await self.fsd.stop()
+        self.state = SandboxState.STOPPED
+        self.stopped.set()
+

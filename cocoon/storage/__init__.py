@@ -1,0 +1,1 @@
+"""The sandbox's shared directory: layout, bind mounts, and the fs daemon."""

@@ -1,0 +1,122 @@
+"""The shared directory, Kata's proven layout, as a plan computed from a spec.
+
+``<sandbox>/mounts/`` receives a bind of each container rootfs and bind-mount
+source; ``<sandbox>/shared/`` is a read-only slave bind of it and is what the
+guest sees, so the guest can change the host only through the writable binds
+it was given. The plan (binds + the spec rewritten with guest paths) is plain
+data; :func:`apply_binds` performs it inside the service's mount namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cocoon.errors import InvalidArgument
+from cocoon.storage import mounts
+
+GUEST_SHARE = "/run/cocoon/shared"
+# Filesystems the guest kernel provides itself; they never cross the share.
+GUEST_LOCAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: Path  # host path
+    target: str  # relative to mounts/
+    readonly: bool
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class ContainerShare:
+    binds: list[Bind]
+    guest_rootfs: str
+    guest_spec: dict[str, Any]
+
+
+def _is_bind(m: dict[str, Any]) -> bool:
+    opts = m.get("options") or []
+    return m.get("type") in ("bind", "rbind") or "bind" in opts or "rbind" in opts
+
+
+def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool) -> ContainerShare:
+    """Binds for the container and its spec with guest paths; raises InvalidArgument."""
+    binds = [Bind(rootfs, f"{cid}/rootfs", readonly, True)]
+    guest = copy.deepcopy(spec)
+    out_mounts = []
+    for i, m in enumerate(guest.get("mounts") or []):
+        if m.get("type") in GUEST_LOCAL_TYPES and not _is_bind(m):
+            out_mounts.append(m)
+            continue
+        if not _is_bind(m):
+            raise InvalidArgument(
+                f"mounts[{i}] ({m['destination']}): type {m.get('type')!r} is not supported"
+            )
+        src = m.get("source")
+        if not isinstance(src, str) or not src.startswith("/"):
+            raise InvalidArgument(f"mounts[{i}] ({m['destination']}): source must be absolute")
+        source = Path(src)
+        if not source.exists():
+            raise InvalidArgument(f"mounts[{i}] ({m['destination']}): source {src} does not exist")
+        opts = m.get("options") or []
+        ro = "ro" in opts
+        rel = f"{cid}/m{i}"
+        binds.append(Bind(source, rel, ro, source.is_dir()))
+        out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
+    guest["mounts"] = out_mounts
+    linux = guest.setdefault("linux", {})
+    namespaces = []
+    for ns in linux.get("namespaces") or []:
+        if ns.get("path"):
+            # Host namespace files mean nothing in the guest. A joined network
+            # namespace (the pod's) is the VM's own network: use it directly.
+            if ns.get("type") == "network":
+                continue
+            ns = {k: v for k, v in ns.items() if k != "path"}
+        namespaces.append(ns)
+    linux["namespaces"] = namespaces
+    return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest)
+
+
+class SharedDir:
+    """``mounts/`` and ``shared/`` of one sandbox, inside its private mount namespace."""
+
+    def __init__(self, sandbox_dir: Path) -> None:
+        self.mounts_dir = sandbox_dir / "mounts"
+        self.shared_dir = sandbox_dir / "shared"
+
+    def setup(self) -> None:
+        self.mounts_dir.mkdir(mode=0o700, exist_ok=True)
+        self.shared_dir.mkdir(mode=0o700, exist_ok=True)
+        mounts.bind(str(self.mounts_dir), str(self.mounts_dir), recursive=False)
+        mounts.mount("none", str(self.mounts_dir), None, mounts.MS_SHARED)
+        mounts.bind(str(self.mounts_dir), str(self.shared_dir))
+        mounts.mount("none", str(self.shared_dir), None, mounts.MS_SLAVE)
+        mounts.mount("none", str(self.shared_dir), None,
+                     mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY)
+
+    def apply_binds(self, binds: list[Bind]) -> None:
+        for b in binds:
+            target = self.mounts_dir / b.target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if b.is_dir:
+                target.mkdir(exist_ok=True)
+            else:
+                target.touch(exist_ok=True)
+            mounts.bind(str(b.source), str(target), readonly=b.readonly)
+
+    def remove_binds(self, cid: str) -> None:
+        base = self.mounts_dir / cid
+        if not base.exists():
+            return
+        for entry in sorted(base.iterdir(), reverse=True):
+            with contextlib.suppress(OSError):
+                mounts.umount(str(entry))
+            with contextlib.suppress(OSError):
+                entry.rmdir() if entry.is_dir() else entry.unlink()
+        with contextlib.suppress(OSError):
+            base.rmdir()

@@ -1,0 +1,81 @@
+"""The ttRPC server: dispatches requests to async handlers, one task per call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from cocoon.ttrpc import framing
+from cocoon.ttrpc.connection import Connection
+from cocoon.ttrpc.envelope import DecodeError, Request, Response, Status
+from cocoon.ttrpc.status import Code, ConnectionLost, RPCError
+from cocoon.ttrpc.transport import StreamTransport, Transport
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+log = logging.getLogger("cocoon.ttrpc")
+
+
+class Server:
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], Handler] = {}
+
+    def register(self, service: str, method: str, handler: Handler) -> None:
+        self._handlers[(service, method)] = handler
+
+    async def _dispatch(self, conn: Connection, frame: framing.Frame) -> None:
+        try:
+            req = Request.decode(frame.payload)
+        except (DecodeError, UnicodeDecodeError) as exc:
+            resp = Response(Status(Code.INVALID_ARGUMENT, f"malformed request: {exc}"))
+        else:
+            handler = self._handlers.get((req.service, req.method))
+            if handler is None:
+                msg = f"{req.service}.{req.method} is not implemented"
+                resp = Response(Status(Code.UNIMPLEMENTED, msg))
+            else:
+                try:
+                    resp = Response(payload=await handler(req.payload))
+                except RPCError as exc:
+                    resp = Response(Status(exc.code, exc.message))
+                except asyncio.CancelledError:
+                    return
+                except Exception as exc:
+                    log.exception("%s.%s failed", req.service, req.method)
+                    resp = Response(Status(Code.UNKNOWN, f"{req.method}: {exc}"))
+        with contextlib.suppress(ConnectionLost):
+            frame_out = framing.Frame(frame.stream_id, framing.FrameType.RESPONSE, 0, resp.encode())
+            await conn.send(frame_out)
+
+    async def serve(self, transport: Transport, name: str = "client") -> None:
+        """Serve one connection until it closes; cancels its in-flight calls then."""
+        tasks: set[asyncio.Task[None]] = set()
+        conn: Connection
+
+        def on_frame(frame: framing.Frame) -> None:
+            if frame.type != framing.FrameType.REQUEST:
+                return
+            task = asyncio.get_running_loop().create_task(self._dispatch(conn, frame))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        conn = Connection(transport, on_frame, name)
+        try:
+            await conn.wait_closed()
+        finally:
+            for task in list(tasks):
+                task.cancel()
+
+    async def listen_unix(self, path: str, mode: int = 0o600) -> asyncio.AbstractServer:
+        """Serve every connection to a unix socket at ``path``."""
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.serve(StreamTransport(reader, writer))
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await asyncio.start_unix_server(on_connect, path, limit=1 << 22)
+        os.chmod(path, mode)
+        return server

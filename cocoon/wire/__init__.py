@@ -1,0 +1,1 @@
+"""Wire schemas shared by the host and the guest (standard library only)."""

@@ -1,0 +1,157 @@
+"""The guest agent's API: one schema module, imported by the host client and the guest.
+
+Modelled on Kata's ``grpc.AgentService`` (names and meaning), carried as JSON
+inside ttRPC envelopes. ``METHODS`` is the single table of RPC name → request
+and response types that both sides use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SERVICE = "cocoon.agent.v1.Agent"
+AGENT_PORT_NAME = "agent0"
+
+
+@dataclass
+class Empty:
+    pass
+
+
+@dataclass
+class CheckResponse:
+    version: str
+    kernel: str
+    uptime: float
+
+
+@dataclass
+class Storage:
+    """A filesystem the agent mounts in the guest (the shared dir, later volumes)."""
+
+    driver: str  # "9p" | "virtiofs"
+    source: str  # mount tag
+    mount_point: str
+    options: list[str] = field(default_factory=list)
+    readonly: bool = False
+
+
+@dataclass
+class CreateSandboxRequest:
+    """Who the (generic) VM now is: sent once, right after boot or restore."""
+
+    sandbox_id: str
+    hostname: str = ""
+    storages: list[Storage] = field(default_factory=list)
+    time_ns: int = 0  # host CLOCK_REALTIME; a restored VM's clock is stale
+    seed: bytes = b""  # host randomness mixed into the guest CRNG
+    dns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CreateContainerRequest:
+    container_id: str
+    spec: dict[str, Any]  # the OCI config.json; the agent rewrites root.path
+    rootfs: str  # guest path of the container's root filesystem
+    stdin: bool = False
+    terminal: bool = False
+
+
+@dataclass
+class ContainerRequest:
+    container_id: str
+
+
+@dataclass
+class ExecProcessRequest:
+    container_id: str
+    exec_id: str
+    process: dict[str, Any]  # an OCI Process
+    stdin: bool = False
+    terminal: bool = False
+
+
+@dataclass
+class ProcessRequest:
+    """Names a process: the container's init when exec_id is empty."""
+
+    container_id: str
+    exec_id: str = ""
+
+
+@dataclass
+class SignalProcessRequest:
+    container_id: str
+    exec_id: str = ""
+    signal: int = 15
+    all: bool = False
+
+
+@dataclass
+class WaitProcessResponse:
+    status: int  # exit code, or 128+N when killed by signal N
+    exited_at_ns: int = 0
+
+
+@dataclass
+class WriteStreamRequest:
+    container_id: str
+    exec_id: str
+    data: bytes
+
+
+@dataclass
+class WriteStreamResponse:
+    length: int
+
+
+@dataclass
+class ReadStreamRequest:
+    container_id: str
+    exec_id: str = ""
+    max_len: int = 65536
+
+
+@dataclass
+class ReadStreamResponse:
+    data: bytes = b""
+    eof: bool = False
+
+
+@dataclass
+class TtyWinResizeRequest:
+    container_id: str
+    exec_id: str = ""
+    rows: int = 24
+    cols: int = 80
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ListProcessesResponse:
+    processes: list[ProcessInfo] = field(default_factory=list)
+
+
+METHODS: dict[str, tuple[type, type]] = {
+    "Check": (Empty, CheckResponse),
+    "CreateSandbox": (CreateSandboxRequest, Empty),
+    "DestroySandbox": (Empty, Empty),
+    "CreateContainer": (CreateContainerRequest, Empty),
+    "StartContainer": (ContainerRequest, Empty),
+    "RemoveContainer": (ContainerRequest, Empty),
+    "ExecProcess": (ExecProcessRequest, Empty),
+    "SignalProcess": (SignalProcessRequest, Empty),
+    "WaitProcess": (ProcessRequest, WaitProcessResponse),
+    "WriteStdin": (WriteStreamRequest, WriteStreamResponse),
+    "CloseStdin": (ProcessRequest, Empty),
+    "ReadStdout": (ReadStreamRequest, ReadStreamResponse),
+    "ReadStderr": (ReadStreamRequest, ReadStreamResponse),
+    "TtyWinResize": (TtyWinResizeRequest, Empty),
+    "ListProcesses": (ContainerRequest, ListProcessesResponse),
+}

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cocoon.hypervisor.cmdline import SharePlan, VMPlan, build_argv
+
+
+def plan(**kw: object) -> VMPlan:
+    base: dict[str, object] = dict(
+        qemu="/usr/bin/qemu-system-x86_64", kernel=Path("/a/vmlinux"), initrd=Path("/a/initrd"),
+        image=Path("/a/root.erofs"), qmp_socket=Path("/s/qmp.sock"),
+        agent_socket=Path("/s/agent.sock"), console_log=Path("/s/console.log"),
+    )
+    base.update(kw)
+    return VMPlan(**base)  # type: ignore[arg-type]
+
+
+def pairs(argv: list[str]) -> list[tuple[str, str]]:
+    return [(argv[i], argv[i + 1]) for i in range(1, len(argv) - 1) if argv[i].startswith("-")]
+
+
+def test_pc_defaults_are_minimal_and_pvh() -> None:
+    argv = build_argv(plan())
+    p = pairs(argv)
+    assert ("-M", "pc") in p and ("-accel", "tcg") in p and ("-cpu", "qemu64") in p
+    assert ("-kernel", "/a/vmlinux") in p and ("-initrd", "/a/initrd") in p
+    assert "-nodefaults" in argv and "-no-user-config" in argv and "-no-reboot" in argv
+    devices = [v for k, v in p if k == "-device"]
+    assert devices == [
+        "virtio-serial-pci,id=vser0",
+        "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
+        "virtio-blk-pci,drive=root",
+    ]
+    assert ("-drive", "file=/a/root.erofs,if=none,id=root,format=raw,readonly=on") in p
+    append = dict(p)["-append"]
+    assert "tsc_early_khz=2500000" in append and "cocoon.root=/dev/vda" in append
+
+
+def test_microvm_uses_mmio_and_modern_virtio() -> None:
+    argv = build_argv(plan(machine="microvm", share=SharePlan("9p", path=Path("/sh"))))
+    p = pairs(argv)
+    assert ("-M", "microvm") in p
+    assert ("-global", "virtio-mmio.force-legacy=false") in p
+    devices = [v for k, v in p if k == "-device"]
+    assert "virtio-serial-device,id=vser0" in devices
+    assert "virtio-9p-device,fsdev=share,mount_tag=cocoon" in devices
+
+
+def test_9p_share() -> None:
+    p = pairs(build_argv(plan(share=SharePlan("9p", path=Path("/sb/shared")))))
+    assert ("-fsdev", "local,id=share,path=/sb/shared,security_model=none") in p
+    assert ("-device", "virtio-9p-pci,fsdev=share,mount_tag=cocoon") in p
+
+
+def test_virtiofs_needs_shared_memory() -> None:
+    p = pairs(build_argv(plan(memory_mib=512, share=SharePlan("virtiofs", socket=Path("/v")))))
+    assert ("-object", "memory-backend-memfd,id=mem,size=512M,share=on") in p
+    assert ("-numa", "node,memdev=mem") in p
+    assert ("-device", "vhost-user-fs-pci,chardev=vfs,tag=cocoon") in p
+    mp = pairs(build_argv(plan(machine="microvm", share=SharePlan("virtiofs", socket=Path("/v")))))
+    assert ("-M", "microvm,memory-backend=mem") in mp
+
+
+def test_kvm_uses_host_cpu() -> None:
+    assert ("-cpu", "host") in pairs(build_argv(plan(accel="kvm")))
+
+
+@pytest.mark.parametrize("kw", [{"machine": "q99"}, {"accel": "hvf"}])
+def test_bad_plans_are_refused(kw: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        plan(**kw)
