@@ -36,6 +36,7 @@ from cocoon.assets.rootfs import (
     compile_bytecode,
     extract_base,
     install_agent,
+    link_copy,
     make_image,
     save_base,
 )
@@ -81,8 +82,11 @@ def _rmtree(path: Path) -> None:
 def _clean_stale(assets_dir: Path) -> None:
     """Remove temporary dirs of builds that died (we hold the lock: none is running)."""
     for entry in assets_dir.iterdir():
-        if entry.name.startswith((".tmp-", ".old-")) and entry.is_dir():
-            _rmtree(entry)
+        if entry.name.startswith((".tmp-", ".old-")):
+            if entry.is_dir() and not entry.is_symlink():
+                _rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def prune(assets_dir: Path, current: str, keep: int = KEEP) -> list[str]:
@@ -104,9 +108,28 @@ def prune(assets_dir: Path, current: str, keep: int = KEEP) -> list[str]:
 
 
 def prune_bases(base_dir: Path, current: str, keep: int = KEEP_BASES) -> None:
-    """Remove base tarballs but ``current`` and the newest others (``keep`` in all)."""
+    """Remove base tarballs (and their trees) but ``current`` and the newest others."""
     others = sorted(
         (p for p in base_dir.glob("*.tar") if p.stem != current),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in others[max(keep - 1, 0) :]:
+        path.unlink(missing_ok=True)
+        _rmtree(path.with_suffix(""))
+    for tree in base_dir.iterdir():  # a tree whose tarball went
+        if (
+            tree.is_dir()
+            and not tree.name.startswith(".")
+            and not tree.with_suffix(".tar").exists()
+        ):
+            _rmtree(tree)
+
+
+def prune_kernels(base_dir: Path, current: str, keep: int = KEEP_BASES) -> None:
+    """Remove cached vmlinux files but ``current`` and the newest others."""
+    others = sorted(
+        (p for p in base_dir.glob("vmlinux-*") if p.name != current),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
@@ -154,19 +177,86 @@ def build(
         try:
             manifest = _build_into(tmp, assets_dir, kernel, inputs, key, files, force, log, notify)
             (tmp / inp.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-            if final.exists():
-                old = assets_dir / f".old-{key[:16]}-{os.getpid()}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                _rmtree(old)
-            else:
-                os.rename(tmp, final)
+            _swap_in(tmp, final)
         except BaseException:
             _rmtree(tmp)
             raise
         for gone in prune(assets_dir, key):
             notify(f"pruned old set {gone[:12]}")
     return set_for_key(assets_dir, key, kernel.version)
+
+
+def _kernel_cache_name(inputs: inp.KeyInputs, version: str) -> str:
+    stamp = f"{inputs.kernel_path}:{inputs.kernel_size}:{inputs.kernel_mtime_ns}"
+    return f"vmlinux-{version}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o644)
+
+
+def _kernel(
+    base_dir: Path,
+    kernel: inp.HostKernel,
+    inputs: inp.KeyInputs,
+    force: bool,
+    out: Path,
+    notify: Progress,
+) -> None:
+    """``out`` = the vmlinux, extracted once per kernel file and kept in ``base/``."""
+    cached = base_dir / _kernel_cache_name(inputs, kernel.version)
+    if not force and cached.is_file():
+        notify(f"reusing the extracted kernel {kernel.version}")
+    else:
+        notify(f"extracting the kernel from {kernel.image}")
+        tmp = base_dir / f".tmp-{cached.name}-{os.getpid()}"
+        try:
+            write_vmlinux(kernel.image, tmp)
+            os.replace(tmp, cached)
+        finally:
+            tmp.unlink(missing_ok=True)
+        prune_kernels(base_dir, cached.name)
+    _link_or_copy(cached, out)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Rename the directory ``new`` to ``final``, replacing (then deleting) what was there."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(new, final)
+        _rmtree(old)
+    else:
+        os.rename(new, final)
+
+
+def _base_tree(base_dir: Path, force: bool, log: Path, notify: Progress) -> Path:
+    """The unpacked base tree ``base/<base key>/``: built, unpacked from its tarball, or cached."""
+    bkey = inp.base_key()
+    tarball = base_dir / f"{bkey}.tar"
+    tree = base_dir / bkey
+    if not force and tree.is_dir() and tarball.is_file():
+        return tree
+    work = base_dir / f".tmp-{bkey}-{os.getpid()}"
+    _rmtree(work)
+    try:
+        if force or not tarball.is_file():
+            notify(f"building the base root tree: mmdebstrap {inp.SUITE} {' '.join(inp.PACKAGES)}")
+            build_base(work, inp.SUITE, inp.PACKAGES, log)
+            notify("saving the base root tree")
+            save_base(work, tarball, log)
+        else:
+            notify("unpacking the cached base root tree")
+            extract_base(tarball, work, log)
+        _swap_in(work, tree)
+    finally:
+        _rmtree(work)
+    prune_bases(base_dir, bkey)
+    return tree
 
 
 def _build_into(
@@ -181,8 +271,11 @@ def _build_into(
     notify: Progress,
 ) -> dict[str, object]:
     started = time.monotonic()
-    notify(f"extracting the kernel from {kernel.image}")
-    write_vmlinux(kernel.image, tmp / inp.KERNEL_NAME)
+    base_dir = assets_dir / "base"
+    base_dir.mkdir(exist_ok=True)
+    _clean_stale(base_dir)
+
+    _kernel(base_dir, kernel, inputs, force, tmp / inp.KERNEL_NAME, notify)
 
     notify("building the initramfs (busybox + kernel modules)")
     initrd = build_initramfs(
@@ -194,20 +287,11 @@ def _build_into(
         inp.INITRD_COMPRESSION,
     )
 
-    base_dir = assets_dir / "base"
-    base_dir.mkdir(exist_ok=True)
-    bkey = inp.base_key()
-    tarball = base_dir / f"{bkey}.tar"
+    tree = _base_tree(base_dir, force, log, notify)
+    bkey = tree.name
+    notify("copying the base root tree (hard links)")
     root = tmp / "rootfs"
-    if force or not tarball.is_file():
-        notify(f"building the base root tree: mmdebstrap {inp.SUITE} {' '.join(inp.PACKAGES)}")
-        build_base(root, inp.SUITE, inp.PACKAGES, log)
-        notify("saving the base root tree")
-        save_base(root, tarball, log)
-        prune_bases(base_dir, bkey)
-    else:
-        notify("unpacking the cached base root tree")
-        extract_base(tarball, root, log)
+    link_copy(tree, root, log)
 
     notify(f"installing the guest agent ({len(files)} files)")
     install_agent(root, files)

@@ -16,6 +16,7 @@ TOOL_PACKAGES = {
     "modinfo": "kmod",
     "tar": "tar",
     "chroot": "coreutils",
+    "cp": "coreutils",
     "dpkg-query": "dpkg",
 }
 

@@ -104,12 +104,14 @@ def _version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def find_kernel(boot_dir: Path = BOOT_DIR, modules_root: Path = MODULES_ROOT) -> HostKernel:
-    """The newest installed kernel that has a module tree.
+def find_kernel(boot_dir: Path | None = None, modules_root: Path | None = None) -> HostKernel:
+    """The newest installed kernel (``BOOT_DIR/vmlinuz-*``) that has a module tree.
 
     Raises:
         FileNotFoundError: no ``vmlinuz-*`` with a matching ``/lib/modules/<version>``.
     """
+    boot_dir = BOOT_DIR if boot_dir is None else boot_dir
+    modules_root = MODULES_ROOT if modules_root is None else modules_root
     candidates = []
     try:
         names = os.listdir(boot_dir)

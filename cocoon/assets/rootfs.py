@@ -2,7 +2,8 @@
 
 Two stages, so that changing the agent never reruns mmdebstrap:
 
-* **base** (cached as ``<assets_dir>/base/<base key>.tar``): ``mmdebstrap``, the
+* **base** (cached as ``<assets_dir>/base/<base key>.tar``, and unpacked next to
+  it as ``base/<base key>/`` for fast hard-link copies): ``mmdebstrap``, the
   package list recorded in ``/opt/cocoon/packages.txt``, the trim, and the
   Python standard library compiled to *unchecked-hash* bytecode;
 * **image**: the base plus the agent sources (also compiled) and its launcher,
@@ -230,6 +231,16 @@ def extract_base(tarball: Path, root: Path, log: Path) -> None:
     )
 
 
+def link_copy(src: Path, dst: Path, log: Path) -> None:
+    """Copy the tree ``src`` to ``dst`` (must not exist) with hard links (``cp -al``).
+
+    Directories are new; regular files share their inodes with ``src``, so the
+    copy must only get new files (``install_agent`` and ``compileall`` create new
+    inodes, never write into existing ones).
+    """
+    run(["cp", "-a", "--link", str(src), str(dst)], log, "copying the base tree")
+
+
 def install_agent(root: Path, files: Sequence[tuple[str, bytes]]) -> None:
     """Write the agent sources to ``/opt/cocoon/lib/<rel>`` and ``/opt/cocoon/agent.py``.
 
@@ -239,12 +250,14 @@ def install_agent(root: Path, files: Sequence[tuple[str, bytes]]) -> None:
     for rel, data in files:
         dest = lib / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)  # never write through a hard link into the base tree
         dest.write_bytes(data)
         os.chmod(dest, 0o644)
     for dirpath, dirnames, _files in os.walk(lib):
         for name in dirnames:
             os.chmod(os.path.join(dirpath, name), 0o755)
     launcher = root / "opt/cocoon/agent.py"
+    launcher.unlink(missing_ok=True)
     launcher.write_text(AGENT_LAUNCHER)
     os.chmod(launcher, 0o644)
 

@@ -43,7 +43,7 @@ def _human(n: int) -> str:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _Steps:
@@ -105,7 +105,9 @@ def _list(assets_dir: Path) -> int:
 
     from cocoon import assets
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 200  # a pipe or a file: do not squeeze the table into 80 columns
     sets = assets.list_built(assets_dir)
     if not sets:
         console.print(f"no guest assets built in {assets_dir}: run `cocoon assets build`")

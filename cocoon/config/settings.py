@@ -63,6 +63,8 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
         kw["memory_mib"] = _int("COCOON_MEMORY_MIB", env["COCOON_MEMORY_MIB"])
     if "COCOON_VCPUS" in env:
         kw["vcpus"] = _int("COCOON_VCPUS", env["COCOON_VCPUS"])
+    if "COCOON_AGENT_TIMEOUT" in env:
+        kw["agent_timeout"] = float(_int("COCOON_AGENT_TIMEOUT", env["COCOON_AGENT_TIMEOUT"]))
     if "COCOON_QEMU" in env:
         kw["qemu"] = env["COCOON_QEMU"]
     settings = Settings(**kw)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -109,46 +110,63 @@ def _adapt(method: Callable[[Any], Awaitable[Any]], req_type: type) -> Any:
     return handler
 
 
-async def serve_stdio_socket(sandbox: Sandbox, path: str) -> asyncio.AbstractServer:
-    """Accept ``{"container_id", "exec_id", "streams": [...]}`` + fds; reply ``ok`` or an error."""
+class StdioSocket:
+    """Receives ``{"container_id", "exec_id", "streams": [...]}`` plus fds; replies ``ok``.
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock: socket.socket = writer.get_extra_info("socket")
+    A plain blocking socket in a daemon thread: asyncio's stream transports read
+    the data without its ancillary fds, so they cannot carry SCM_RIGHTS.
+    """
+
+    def __init__(self, sandbox: Sandbox, path: str) -> None:
+        self.sandbox = sandbox
+        self.loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(16)
+        threading.Thread(target=self._accept_loop, daemon=True, name="stdio-accept").start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                reply = self._handle(conn)
+                with contextlib.suppress(OSError):
+                    conn.sendall(reply.encode() + b"\n")
+
+    def _handle(self, conn: socket.socket) -> str:
         fds: list[int] = []
         try:
-            raw = await asyncio.get_running_loop().run_in_executor(None, _recv, sock.dup())
-            header_bytes, fds = raw
-            header = json.loads(header_bytes)
+            msg, fds, _, _ = socket.recv_fds(conn, 65536, 8)
+            header = json.loads(msg)
             streams = header.get("streams", [])
             if len(streams) != len(fds) or not set(streams) <= {"stdin", "stdout", "stderr"}:
                 raise InvalidArgument("stdio handoff: streams and fds do not match")
             by_name = dict(zip(streams, fds, strict=True))
-            sandbox.attach_stdio(
-                str(header["container_id"]), str(header.get("exec_id", "")),
-                by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"),
-            )
+
+            async def attach() -> None:
+                self.sandbox.attach_stdio(
+                    str(header["container_id"]), str(header.get("exec_id", "")),
+                    by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"),
+                )
+
+            asyncio.run_coroutine_threadsafe(attach(), self.loop).result(30)
             fds = []
-            writer.write(b"ok\n")
-        except (CocoonError, ValueError, KeyError, OSError) as exc:
-            writer.write(f"error: {exc}\n".encode())
+            return "ok"
+        except (CocoonError, ValueError, KeyError, OSError, TimeoutError) as exc:
+            return f"error: {exc}"
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            with contextlib.suppress(Exception):
-                await writer.drain()
-                writer.close()
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    server = await asyncio.start_unix_server(on_connect, path)
-    os.chmod(path, 0o600)
-    return server
-
-
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
-    with sock:
-        sock.setblocking(True)
-        sock.settimeout(10)
-        msg, fds, _, _ = socket.recv_fds(sock, 65536, 8)
-        return msg, fds
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready: object) -> int:
-    from cocoon.service.api import ServiceAPI, serve_stdio_socket
+    from cocoon.service.api import ServiceAPI, StdioSocket
     from cocoon.service.sandbox import Sandbox
     from cocoon.ttrpc.server import Server
 
@@ -72,7 +72,7 @@ async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready:
     server = Server()
     ServiceAPI(sandbox, done.set).register(server)
     rpc = await server.listen_unix(str(paths.service_sock))
-    fds = await serve_stdio_socket(sandbox, str(paths.stdio_sock))
+    fds = StdioSocket(sandbox, str(paths.stdio_sock))
     sandbox.start_boot()
     assert hasattr(ready, "write") and hasattr(ready, "close")
     ready.write("ok\n")

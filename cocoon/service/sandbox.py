@@ -178,7 +178,7 @@ class Sandbox:
         if self.state in (SandboxState.STOPPING, SandboxState.STOPPED):
             return
         self.state = SandboxState.DEAD
-        self.death_reason = f"the VM exited unexpectedly: QEMU {describe_exit(self.vm.exit_code)}"
+        self.death_reason = self._death_reason()
         log.error("%s", self.death_reason)
         if self.agent is not None:
             await self.agent.close()
@@ -189,6 +189,10 @@ class Sandbox:
             ctr.status = "stopped"
         if self.fsd is not None:
             await self.fsd.stop()
+
+    def _death_reason(self) -> str:
+        code = self.vm.exit_code if self.vm is not None else None
+        return f"the VM exited unexpectedly: QEMU {describe_exit(code)}"
 
     # -- containers ------------------------------------------------------------
     def get(self, cid: str) -> ContainerRecord:
@@ -233,8 +237,13 @@ class Sandbox:
             try:
                 resp = await self.agent.wait_process(cid, exec_id)
             except CocoonError as exc:
+                # The agent link usually breaks a moment before QEMU is reaped:
+                # give the VM's exit a chance to explain what happened.
+                reason = str(exc)
+                if self.vm is not None and await self.vm.wait(2.0) is not None:
+                    reason = self._death_reason()
                 if not proc.exit.done():
-                    proc.exit.set_exception(Unavailable(self.death_reason or str(exc)))
+                    proc.exit.set_exception(Unavailable(reason))
                 return
             if not proc.exit.done():
                 proc.exit.set_result((resp.status, resp.exited_at_ns))
