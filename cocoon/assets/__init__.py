@@ -106,8 +106,8 @@ def build(
 ) -> GuestAssets:
     """Build (or find already built) the set for the current inputs; see :mod:`.builder`.
 
-    ``progress`` is called with a short description at the start of each step
-    (and with ``"warning: ..."`` lines).
+    ``progress`` is called with a short description at the start of each step,
+    and with ``"warning: ..."`` and ``"note: ..."`` lines that are not steps.
 
     Raises:
         cocoon.assets.errors.BuildError: not root, a missing tool or module, a failed step.

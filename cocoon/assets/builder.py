@@ -3,14 +3,18 @@
 Layout of the cache (``<assets_dir>``)::
 
     <key>/vmlinux  initrd.img  root.erofs  manifest.json    one complete set per key
-    base/<base key>.tar                                     mmdebstrap result, trimmed
-    .lock                                                   serialises builds
-    .tmp-<key>-<pid>/                                       a build in progress
-    build.log                                               output of the last build's tools
+    base/<base key>.tar                    mmdebstrap result, trimmed and compiled
+    base/<base key>/                       the same, unpacked (hard-link copied per build)
+    base/vmlinux-<version>-<stamp>         the extracted kernel (hard-linked into sets)
+    .lock                                  serialises builds
+    .tmp-<key>-<pid>/                      a build in progress
+    build.log                              output of the last build's tools
 
 A set is built in a temporary directory and renamed into place, so a reader
 never sees a partial set; ``manifest.json`` is written last. The newest
-:data:`KEEP` sets (plus the current one) are kept, older ones are pruned.
+:data:`KEEP` sets (the current one among them) are kept, older ones pruned.
+Changing only the agent (or the init script, or the module list) reuses the
+base tree and the kernel: such a rebuild takes about a second.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from cocoon.assets.rootfs import (
 
 Progress = Callable[[str], None]
 
-#: Sets kept by pruning (besides the current one), newest first.
+#: Sets kept by pruning (the current one and the newest others).
 KEEP = 3
 #: Base tarballs kept (the current one and the newest others).
 KEEP_BASES = 2
@@ -90,7 +94,7 @@ def _clean_stale(assets_dir: Path) -> None:
 
 
 def prune(assets_dir: Path, current: str, keep: int = KEEP) -> list[str]:
-    """Remove all sets but the ``keep`` newest and ``current``; return the removed keys."""
+    """Keep ``current`` and the ``keep - 1`` newest other sets; return the removed keys."""
     sets = []
     for entry in assets_dir.iterdir():
         if inp.KEY_RE.match(entry.name) and entry.is_dir() and entry.name != current:
@@ -182,7 +186,7 @@ def build(
             _rmtree(tmp)
             raise
         for gone in prune(assets_dir, key):
-            notify(f"pruned old set {gone[:12]}")
+            notify(f"note: pruned the old set {gone[:12]}")
     return set_for_key(assets_dir, key, kernel.version)
 
 

@@ -50,8 +50,10 @@ MODULES: tuple[str, ...] = (
     "overlay",
 )
 
-#: How the initramfs cpio is stored. Measured under TCG: an uncompressed cpio of
-#: ~7 MB boots faster than ``gzip -1`` (decompression is slow in the guest).
+#: How the initramfs cpio is stored ("none" or "gzip", i.e. gzip -1). Measured under
+#: TCG on pc (4.3 MiB cpio vs 1.8 MiB gzip): the kernel unpacks the plain cpio in
+#: ~0.07-0.12 s and the gzip one in ~0.15-0.27 s; wall time to the agent launch was
+#: equal within the host's noise (median 4.50 vs 4.49 s, 8 runs each). Plain it is.
 INITRD_COMPRESSION = "none"
 
 #: The guest agent: these paths (relative to the directory holding the

@@ -79,6 +79,9 @@ def _build(assets_dir: Path, force: bool, reporter: Reporter) -> int:
             if msg.startswith("warning: "):
                 console.print(f"[yellow]![/] {msg.removeprefix('warning: ')}")
                 return
+            if msg.startswith("note: "):
+                console.print(f"[dim]  {msg.removeprefix('note: ')}[/]")
+                return
             steps.start(msg)
             status.update(msg)
 
@@ -107,7 +110,7 @@ def _list(assets_dir: Path) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:
-        console.width = 200  # a pipe or a file: do not squeeze the table into 80 columns
+        console.width = 1000  # a pipe or a file: never fold the table
     sets = assets.list_built(assets_dir)
     if not sets:
         console.print(f"no guest assets built in {assets_dir}: run `cocoon assets build`")

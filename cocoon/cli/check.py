@@ -46,17 +46,32 @@ def collect(args: argparse.Namespace) -> list[Row]:
     settings = Settings()
     rows: list[Row] = []
     qemu = shutil.which(settings.qemu) or ""
-    rows.append(Row("QEMU", bool(qemu), _qemu_version(qemu) if qemu else f"{settings.qemu} missing"))
+    rows.append(
+        Row("QEMU", bool(qemu), _qemu_version(qemu) if qemu else f"{settings.qemu} missing")
+    )
     vfsd = Path(settings.virtiofsd)
-    rows.append(Row("virtiofsd", vfsd.exists(), str(vfsd) if vfsd.exists() else "missing "
-                    "(only needed for shared_fs=virtiofs)", required=False))
-    rows.append(Row("/dev/net/tun", Path("/dev/net/tun").exists(), "for pod networking",
-                    required=False))
+    rows.append(
+        Row(
+            "virtiofsd",
+            vfsd.exists(),
+            str(vfsd) if vfsd.exists() else "missing " "(only needed for shared_fs=virtiofs)",
+            required=False,
+        )
+    )
+    rows.append(
+        Row("/dev/net/tun", Path("/dev/net/tun").exists(), "for pod networking", required=False)
+    )
     assets = None
     try:
         assets = locate(assets_dir(args.assets_dir))
-        rows.append(Row("guest assets", True, f"kernel {assets.kernel_version}, key "
-                        f"{assets.key[:12]} in {assets.kernel.parent}"))
+        rows.append(
+            Row(
+                "guest assets",
+                True,
+                f"kernel {assets.kernel_version}, key "
+                f"{assets.key[:12]} in {assets.kernel.parent}",
+            )
+        )
     except CocoonError as exc:
         rows.append(Row("guest assets", False, str(exc)))
     if qemu and assets is not None:
@@ -64,9 +79,16 @@ def collect(args: argparse.Namespace) -> list[Row]:
         detail = "KVM: " + d.reason if d.accel == "kvm" else f"TCG (software emulation): {d.reason}"
         rows.append(Row("accelerator", True, detail))
     rows.append(Row("cgroups", True, _cgroup_layout(), required=False))
-    rows.append(Row("vsock", Path("/dev/vhost-vsock").exists(),
-                    "present" if Path("/dev/vhost-vsock").exists() else
-                    "absent: the agent channel uses virtio-serial", required=False))
+    rows.append(
+        Row(
+            "vsock",
+            Path("/dev/vhost-vsock").exists(),
+            "present"
+            if Path("/dev/vhost-vsock").exists()
+            else "absent: the agent channel uses virtio-serial",
+            required=False,
+        )
+    )
     return rows
 
 

@@ -36,7 +36,7 @@ def parse_signal(value: str) -> int:
 
 
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[SandboxPaths, Path]:
@@ -60,8 +60,9 @@ def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[Sandb
     paths.check_socket_lengths()
     if paths.dir.exists():
         raise AlreadyExists(f"container {paths.id!r} already exists")
-    decision = decide(settings.qemu, assets.kernel, assets.initrd, assets.image,
-                      cache_dir() / "accel.json")
+    decision = decide(
+        settings.qemu, assets.kernel, assets.initrd, assets.image, cache_dir() / "accel.json"
+    )
     if decision.accel == "tcg":
         reporter.warn(f"{decision.reason}: running under software emulation (TCG), slowly")
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -70,11 +71,19 @@ def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[Sandb
     except FileExistsError:
         raise AlreadyExists(f"container {paths.id!r} already exists") from None
     state = persist.SandboxState(
-        id=paths.id, bundle=str(bundle.path), created=now_rfc3339(),
-        accel=decision.accel, annotations=bundle.annotations, settings=settings.to_dict(),
-        assets={"kernel": str(assets.kernel), "initrd": str(assets.initrd),
-                "image": str(assets.image), "key": assets.key,
-                "kernel_version": assets.kernel_version},
+        id=paths.id,
+        bundle=str(bundle.path),
+        created=now_rfc3339(),
+        accel=decision.accel,
+        annotations=bundle.annotations,
+        settings=settings.to_dict(),
+        assets={
+            "kernel": str(assets.kernel),
+            "initrd": str(assets.initrd),
+            "image": str(assets.image),
+            "key": assets.key,
+            "kernel_version": assets.kernel_version,
+        },
     )
     persist.save(paths, state)
     return paths, bundle.path
@@ -86,5 +95,11 @@ def ensure_absent_on_error(paths: SandboxPaths) -> None:
     force_cleanup(paths)
 
 
-__all__ = ["AlreadyExists", "ensure_absent_on_error", "now_rfc3339", "parse_signal",
-           "paths_for", "prepare_sandbox"]
+__all__ = [
+    "AlreadyExists",
+    "ensure_absent_on_error",
+    "now_rfc3339",
+    "parse_signal",
+    "paths_for",
+    "prepare_sandbox",
+]

@@ -49,10 +49,22 @@ async def _status(paths: persist.SandboxPaths, st: persist.SandboxState) -> tupl
 async def _state(paths: persist.SandboxPaths) -> int:
     st = persist.load(paths)
     status, pid = await _status(paths, st)
-    print(json.dumps({
-        "ociVersion": "1.1.0", "id": st.id, "pid": pid, "status": status, "bundle": st.bundle,
-        "rootfs": "", "created": st.created, "owner": "", "annotations": st.annotations,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "ociVersion": "1.1.0",
+                "id": st.id,
+                "pid": pid,
+                "status": status,
+                "bundle": st.bundle,
+                "rootfs": "",
+                "created": st.created,
+                "owner": "",
+                "annotations": st.annotations,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -105,8 +117,16 @@ def _list(args: argparse.Namespace) -> int:
             except CocoonError:
                 continue
             status, pid = asyncio.run(_status(persist.SandboxPaths(root, entry.name), st))
-            rows.append({"id": st.id, "pid": pid, "status": status, "bundle": st.bundle,
-                         "created": st.created, "owner": "root"})
+            rows.append(
+                {
+                    "id": st.id,
+                    "pid": pid,
+                    "status": status,
+                    "bundle": st.bundle,
+                    "created": st.created,
+                    "owner": "root",
+                }
+            )
     if args.quiet:
         for r in rows:
             print(r["id"])
@@ -115,6 +135,8 @@ def _list(args: argparse.Namespace) -> int:
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for r in rows:
-            print(f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
-                  f"{r['created']:<32}{r['owner']}")
+            print(
+                f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
+                f"{r['created']:<32}{r['owner']}"
+            )
     return 0

@@ -39,9 +39,7 @@ class Reporter:
         if not self.log_path and not self.json:
             msg = f"cocoon: {msg}"
         self._emit("error", msg)
-        if self.log_path and not self.json:
-            print(f"cocoon: {msg}", file=sys.stderr)
-        elif self.log_path:
+        if (self.log_path and not self.json) or self.log_path:
             print(f"cocoon: {msg}", file=sys.stderr)
 
     def warn(self, msg: str) -> None:

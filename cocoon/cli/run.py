@@ -19,8 +19,14 @@ from cocoon.cli.output import Reporter
 from cocoon.errors import CocoonError
 from cocoon.service.persist import SandboxPaths
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-             signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -36,7 +42,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 async def _run(
-    args: argparse.Namespace, reporter: Reporter, paths: SandboxPaths, bundle: Path,
+    args: argparse.Namespace,
+    reporter: Reporter,
+    paths: SandboxPaths,
+    bundle: Path,
     service: subprocess.Popen[bytes],
 ) -> int:
     from cocoon.service.client import ServiceClient, ServiceGone, dup_stdio, send_stdio

@@ -172,8 +172,15 @@ class ContainerManager:
         init = Process(exec_id="", terminal=terminal)
         ctr = Container(cid, bundle, init)
         pid_file = os.path.join(bundle, "init.pid")
-        args = ["--log", f"file:{bundle}/crun.log", "create", "--bundle", bundle,
-                "--pid-file", pid_file]
+        args = [
+            "--log",
+            f"file:{bundle}/crun.log",
+            "create",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            pid_file,
+        ]
         try:
             if terminal:
                 await self._spawn_with_console(init, args, cid, bundle)
@@ -428,4 +435,3 @@ def _crun_log(bundle: str) -> str:
     with contextlib.suppress(ValueError):
         return str(json.loads(last).get("msg", last))
     return last
-

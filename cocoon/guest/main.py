@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sys
-import traceback
 
-from cocoon.guest import system
-from cocoon.guest.reaper import Reaper
-from cocoon.guest.service import AgentService
-from cocoon.ttrpc.server import Server
-from cocoon.ttrpc.transport import PortTransport
-from cocoon.wire.agent import AGENT_PORT_NAME
+# Imports dominate the agent's start under TCG. asyncio pulls in ssl (and
+# OpenSSL) only to support TLS transports, which the agent never uses.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import traceback  # noqa: E402
+
+from cocoon.guest import system  # noqa: E402
+from cocoon.guest.reaper import Reaper  # noqa: E402
+from cocoon.guest.service import AgentService  # noqa: E402
+from cocoon.ttrpc.server import Server  # noqa: E402
+from cocoon.ttrpc.transport import PortTransport  # noqa: E402
+from cocoon.wire.agent import AGENT_PORT_NAME  # noqa: E402
 
 log = logging.getLogger("cocoon.guest")
 

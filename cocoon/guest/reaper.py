@@ -75,8 +75,11 @@ class Reaper:
             for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
                 actions.append((os.POSIX_SPAWN_DUP2, null if fd is None else fd, target))
             return os.posix_spawn(
-                argv[0], argv, env if env is not None else dict(os.environ),
-                file_actions=actions, setsigdef=(signal.SIGCHLD, signal.SIGPIPE),
+                argv[0],
+                argv,
+                env if env is not None else dict(os.environ),
+                file_actions=actions,
+                setsigdef=(signal.SIGCHLD, signal.SIGPIPE),
             )
         finally:
             os.close(null)

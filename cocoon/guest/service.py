@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ class AgentService:
 
     # -- sandbox -----------------------------------------------------------
     async def Check(self, _: w.Empty) -> w.CheckResponse:
-        return w.CheckResponse(__version__, platform.release(), system.uptime())
+        return w.CheckResponse(__version__, os.uname().release, system.uptime())
 
     async def CreateSandbox(self, req: w.CreateSandboxRequest) -> w.Empty:
         if self.sandbox_id and self.sandbox_id != req.sandbox_id:

@@ -54,16 +54,40 @@ def boot_probe(qemu: str, kernel: Path, initrd: Path, image: Path, timeout: floa
     with tempfile.TemporaryDirectory(prefix="cocoon-probe-") as tmp:
         log = Path(tmp) / "console"
         argv = [
-            qemu, "-accel", "kvm", "-M", "pc", "-cpu", "host", "-m", "256M", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 cocoon.root=/dev/vda",
-            "-chardev", f"file,id=c,path={log}", "-serial", "chardev:c",
-            "-drive", f"file={image},if=none,id=root,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=root",
+            qemu,
+            "-accel",
+            "kvm",
+            "-M",
+            "pc",
+            "-cpu",
+            "host",
+            "-m",
+            "256M",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            "console=ttyS0 panic=-1 cocoon.root=/dev/vda",
+            "-chardev",
+            f"file,id=c,path={log}",
+            "-serial",
+            "chardev:c",
+            "-drive",
+            f"file={image},if=none,id=root,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=root",
         ]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
@@ -78,8 +102,13 @@ def boot_probe(qemu: str, kernel: Path, initrd: Path, image: Path, timeout: floa
 
 
 def decide(
-    qemu: str, kernel: Path, initrd: Path, image: Path, cache_file: Path | None,
-    *, force: bool = False,
+    qemu: str,
+    kernel: Path,
+    initrd: Path,
+    image: Path,
+    cache_file: Path | None,
+    *,
+    force: bool = False,
 ) -> AccelDecision:
     """KVM if it really boots the guest here, else TCG, with the reason."""
     try:
@@ -99,7 +128,8 @@ def decide(
         decision = AccelDecision("kvm", "KVM booted the guest kernel in a probe")
     else:
         decision = AccelDecision(
-            "tcg", f"KVM unusable: the guest kernel did not boot under KVM within {PROBE_TIMEOUT:g}s"
+            "tcg",
+            f"KVM unusable: the guest kernel did not boot under KVM within {PROBE_TIMEOUT:g}s",
         )
     if cache_file is not None:
         with contextlib.suppress(OSError):

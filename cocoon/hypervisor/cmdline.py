@@ -68,36 +68,57 @@ def build_argv(plan: VMPlan) -> list[str]:
         machine += ",memory-backend=mem"
     argv = [
         plan.qemu,
-        "-name", "cocoon",
-        "-accel", plan.accel,
-        "-M", machine,
-        "-cpu", "host" if plan.accel == "kvm" else "qemu64",
-        "-smp", str(plan.vcpus),
-        "-m", f"{plan.memory_mib}M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-name",
+        "cocoon",
+        "-accel",
+        plan.accel,
+        "-M",
+        machine,
+        "-cpu",
+        "host" if plan.accel == "kvm" else "qemu64",
+        "-smp",
+        str(plan.vcpus),
+        "-m",
+        f"{plan.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
         # PVH direct boot of the uncompressed kernel: no firmware decompression.
-        "-kernel", str(plan.kernel),
-        "-initrd", str(plan.initrd),
-        "-append", " ".join([BASE_KERNEL_PARAMS, *plan.extra_kernel_params]),
+        "-kernel",
+        str(plan.kernel),
+        "-initrd",
+        str(plan.initrd),
+        "-append",
+        " ".join([BASE_KERNEL_PARAMS, *plan.extra_kernel_params]),
         # Guest console (kernel, init and agent logs) into a file.
-        "-chardev", f"file,id=console,path={plan.console_log}",
-        "-serial", "chardev:console",
+        "-chardev",
+        f"file,id=console,path={plan.console_log}",
+        "-serial",
+        "chardev:console",
         # QMP for status, stop and hotplug.
-        "-qmp", f"unix:{plan.qmp_socket},server=on,wait=off",
+        "-qmp",
+        f"unix:{plan.qmp_socket},server=on,wait=off",
     ]
     if plan.machine == "microvm":
         # virtiofsd (libvhost-user) refuses legacy virtio, microvm's MMIO default.
         argv += ["-global", "virtio-mmio.force-legacy=false"]
     # The agent channel: one virtio-serial port (no vsock on these hosts).
     argv += [
-        "-device", f"{_bus(plan, 'virtio-serial')},id=vser0",
-        "-chardev", f"socket,id=agent,path={plan.agent_socket},server=on,wait=off",
-        "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
+        "-device",
+        f"{_bus(plan, 'virtio-serial')},id=vser0",
+        "-chardev",
+        f"socket,id=agent,path={plan.agent_socket},server=on,wait=off",
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
     ]
     # The read-only guest root image (erofs) on virtio-blk.
     argv += [
-        "-drive", f"file={plan.image},if=none,id=root,format=raw,readonly=on",
-        "-device", f"{_bus(plan, 'virtio-blk')},drive=root",
+        "-drive",
+        f"file={plan.image},if=none,id=root,format=raw,readonly=on",
+        "-device",
+        f"{_bus(plan, 'virtio-blk')},drive=root",
     ]
     if plan.share is not None:
         argv += _share_args(plan, plan.share)
@@ -109,17 +130,22 @@ def _share_args(plan: VMPlan, share: SharePlan) -> list[str]:
         if share.path is None:
             raise ValueError("a 9p share needs a path")
         return [
-            "-fsdev", f"local,id=share,path={share.path},security_model=none",
-            "-device", f"{_bus(plan, 'virtio-9p')},fsdev=share,mount_tag={share.tag}",
+            "-fsdev",
+            f"local,id=share,path={share.path},security_model=none",
+            "-device",
+            f"{_bus(plan, 'virtio-9p')},fsdev=share,mount_tag={share.tag}",
         ]
     if share.kind == "virtiofs":
         if share.socket is None:
             raise ValueError("a virtio-fs share needs a socket")
         # vhost-user needs guest RAM that virtiofsd can map: a shared memfd.
         args = [
-            "-object", f"memory-backend-memfd,id=mem,size={plan.memory_mib}M,share=on",
-            "-chardev", f"socket,id=vfs,path={share.socket}",
-            "-device", f"{_bus(plan, 'vhost-user-fs')},chardev=vfs,tag={share.tag}",
+            "-object",
+            f"memory-backend-memfd,id=mem,size={plan.memory_mib}M,share=on",
+            "-chardev",
+            f"socket,id=vfs,path={share.socket}",
+            "-device",
+            f"{_bus(plan, 'vhost-user-fs')},chardev=vfs,tag={share.tag}",
         ]
         if plan.machine == "pc":
             args += ["-numa", "node,memdev=mem"]

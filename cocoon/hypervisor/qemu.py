@@ -16,9 +16,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cocoon.procutil import die_with_parent
 from cocoon.errors import CocoonError, Unavailable
 from cocoon.hypervisor.cmdline import VMPlan, build_argv
+from cocoon.procutil import die_with_parent
 
 log = logging.getLogger("cocoon.qemu")
 
@@ -67,8 +67,12 @@ class QemuVM:
         with open(self.qemu_log, "ab") as logf:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                    pass_fds=pass_fds, start_new_session=True,
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    pass_fds=pass_fds,
+                    start_new_session=True,
                     preexec_fn=die_with_parent(),
                 )
             except OSError as exc:

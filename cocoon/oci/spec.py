@@ -73,28 +73,44 @@ def validate_spec(spec: Any, config: Path) -> None:
     _require(version.startswith(SUPPORTED_MAJOR), config, f"unsupported ociVersion {version!r}")
     root = spec.get("root")
     _require(isinstance(root, dict), config, "root must be an object")
-    _require(isinstance(root.get("path"), str) and bool(root["path"]), config, "root.path is required")
+    _require(
+        isinstance(root.get("path"), str) and bool(root["path"]), config, "root.path is required"
+    )
     proc = spec.get("process")
     if proc is not None:
         _require(isinstance(proc, dict), config, "process must be an object")
         args = proc.get("args")
         _require(
             isinstance(args, list) and bool(args) and all(isinstance(a, str) for a in args),
-            config, "process.args must be a non-empty list of strings",
+            config,
+            "process.args must be a non-empty list of strings",
         )
         cwd = proc.get("cwd", "/")
-        _require(isinstance(cwd, str) and cwd.startswith("/"), config, "process.cwd must be absolute")
+        _require(
+            isinstance(cwd, str) and cwd.startswith("/"), config, "process.cwd must be absolute"
+        )
         env = proc.get("env", [])
-        _require(isinstance(env, list) and all(isinstance(e, str) for e in env), config,
-                 "process.env must be a list of strings")
+        _require(
+            isinstance(env, list) and all(isinstance(e, str) for e in env),
+            config,
+            "process.env must be a list of strings",
+        )
     mounts = spec.get("mounts", [])
     _require(isinstance(mounts, list), config, "mounts must be a list")
     for i, m in enumerate(mounts):
-        _require(isinstance(m, dict) and isinstance(m.get("destination"), str), config,
-                 f"mounts[{i}].destination is required")
-        _require(m["destination"].startswith("/"), config, f"mounts[{i}].destination must be absolute")
+        _require(
+            isinstance(m, dict) and isinstance(m.get("destination"), str),
+            config,
+            f"mounts[{i}].destination is required",
+        )
+        _require(
+            m["destination"].startswith("/"), config, f"mounts[{i}].destination must be absolute"
+        )
     ann = spec.get("annotations", {})
-    _require(isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values()), config,
-             "annotations must map strings to strings")
+    _require(
+        isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values()),
+        config,
+        "annotations must map strings to strings",
+    )
     linux = spec.get("linux", {})
     _require(isinstance(linux, dict), config, "linux must be an object")

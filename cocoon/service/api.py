@@ -99,7 +99,7 @@ class ServiceAPI:
 def _adapt(method: Callable[[Any], Awaitable[Any]], req_type: type) -> Any:
     async def handler(payload: bytes) -> bytes:
         try:
-            req = codec.decode(req_type, payload)
+            req: Any = codec.decode(req_type, payload)
         except codec.SchemaError as exc:
             raise RPCError(Code.INVALID_ARGUMENT, str(exc)) from exc
         try:
@@ -152,8 +152,11 @@ class StdioSocket:
 
             async def attach() -> None:
                 self.sandbox.attach_stdio(
-                    str(header["container_id"]), str(header.get("exec_id", "")),
-                    by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"),
+                    str(header["container_id"]),
+                    str(header.get("exec_id", "")),
+                    by_name.get("stdin"),
+                    by_name.get("stdout"),
+                    by_name.get("stderr"),
                 )
 
             asyncio.run_coroutine_threadsafe(attach(), self.loop).result(30)

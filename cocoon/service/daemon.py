@@ -29,7 +29,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     sandbox_dir = Path(args.sandbox_dir)
     paths = persist.SandboxPaths(sandbox_dir.parent, sandbox_dir.name)
     logging.basicConfig(
-        filename=str(paths.service_log), level=logging.DEBUG if args.debug else logging.INFO,
+        filename=str(paths.service_log),
+        level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     ready = os.fdopen(args.ready_fd, "w")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         state = persist.load(paths)
         state.service_pid = os.getpid()
         persist.save(paths, state)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the CLI in one line
         ready.write(f"error: cannot start the sandbox service: {exc}\n")
         ready.close()
         os._exit(1)
@@ -60,8 +61,10 @@ async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready:
 
     settings = Settings.from_dict(state.settings)
     assets = GuestAssets(
-        kernel=Path(state.assets["kernel"]), initrd=Path(state.assets["initrd"]),
-        image=Path(state.assets["image"]), key=state.assets.get("key", ""),
+        kernel=Path(state.assets["kernel"]),
+        initrd=Path(state.assets["initrd"]),
+        image=Path(state.assets["image"]),
+        key=state.assets.get("key", ""),
         kernel_version=state.assets.get("kernel_version", ""),
     )
     sandbox = Sandbox(paths, settings, assets, state.accel or "tcg")

@@ -28,8 +28,13 @@ def spawn_service(paths: SandboxPaths, debug: bool = False) -> subprocess.Popen[
     argv += ["_service", "--sandbox-dir", str(paths.dir), "--ready-fd", str(w)]
     with open(paths.service_log, "ab") as logf:
         proc = subprocess.Popen(
-            argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-            start_new_session=True, close_fds=True,
+            argv,
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
         )
     os.close(w)
     try:

@@ -112,7 +112,9 @@ class Sandbox:
         share: SharePlan
         if self.settings.shared_fs == "virtiofs":
             self.fsd = Virtiofsd(
-                self.settings.virtiofsd, self.share.shared_dir, self.paths.vfs_sock,
+                self.settings.virtiofsd,
+                self.share.shared_dir,
+                self.paths.vfs_sock,
                 self.paths.virtiofsd_log,
             )
             await self.fsd.start()
@@ -120,11 +122,18 @@ class Sandbox:
         else:
             share = SharePlan("9p", path=self.share.shared_dir)
         plan = VMPlan(
-            qemu=self.settings.qemu, kernel=self.assets.kernel, initrd=self.assets.initrd,
-            image=self.assets.image, qmp_socket=self.paths.qmp_sock,
-            agent_socket=self.paths.agent_sock, console_log=self.paths.console_log,
-            accel=self.accel, machine=self.settings.machine, vcpus=self.settings.vcpus,
-            memory_mib=self.settings.memory_mib, share=share,
+            qemu=self.settings.qemu,
+            kernel=self.assets.kernel,
+            initrd=self.assets.initrd,
+            image=self.assets.image,
+            qmp_socket=self.paths.qmp_sock,
+            agent_socket=self.paths.agent_sock,
+            console_log=self.paths.console_log,
+            accel=self.accel,
+            machine=self.settings.machine,
+            vcpus=self.settings.vcpus,
+            memory_mib=self.settings.memory_mib,
+            share=share,
         )
         self.vm = QemuVM(plan, self.paths.qemu_log)
         await self.vm.start()
@@ -137,13 +146,22 @@ class Sandbox:
             await self.vm.kill()
             raise
         self._mark("agent_ready")
-        await self.agent.create_sandbox(w.CreateSandboxRequest(
-            sandbox_id=self.paths.id, hostname=self.paths.id[:63],
-            storages=[w.Storage(driver="9p" if share.kind == "9p" else "virtiofs",
-                                source=SHARE_TAG, mount_point=GUEST_SHARE,
-                                options=["cache=mmap"] if share.kind == "9p" else [])],
-            time_ns=time.time_ns(), seed=secrets.token_bytes(64),
-        ))
+        await self.agent.create_sandbox(
+            w.CreateSandboxRequest(
+                sandbox_id=self.paths.id,
+                hostname=self.paths.id[:63],
+                storages=[
+                    w.Storage(
+                        driver="9p" if share.kind == "9p" else "virtiofs",
+                        source=SHARE_TAG,
+                        mount_point=GUEST_SHARE,
+                        options=["cache=mmap"] if share.kind == "9p" else [],
+                    )
+                ],
+                time_ns=time.time_ns(),
+                seed=secrets.token_bytes(64),
+            )
+        )
         self._mark("sandbox_ready")
         self.state = SandboxState.READY
 
@@ -216,10 +234,15 @@ class Sandbox:
         agent = await self.ready()
         self.share.apply_binds(plan.binds)
         try:
-            await agent.create_container(w.CreateContainerRequest(
-                container_id=cid, spec=plan.guest_spec, rootfs=plan.guest_rootfs,
-                stdin=stdin, terminal=bundle.terminal,
-            ))
+            await agent.create_container(
+                w.CreateContainerRequest(
+                    container_id=cid,
+                    spec=plan.guest_spec,
+                    rootfs=plan.guest_rootfs,
+                    stdin=stdin,
+                    terminal=bundle.terminal,
+                )
+            )
         except BaseException:
             self.share.remove_binds(cid)
             raise
@@ -331,4 +354,3 @@ class Sandbox:
             await self.fsd.stop()
         self.state = SandboxState.STOPPED
         self.stopped.set()
-

@@ -46,7 +46,9 @@ class Relays:
         threading.Thread(target=target, args=args, daemon=True, name="stdio").start()
 
     def start(self, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
-        outputs = [(name, fd) for name, fd in (("stdout", stdout), ("stderr", stderr)) if fd is not None]
+        outputs = [
+            (name, fd) for name, fd in (("stdout", stdout), ("stderr", stderr)) if fd is not None
+        ]
         self._outputs = len(outputs)
         if not outputs:
             self.done.set()

@@ -25,10 +25,15 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def mount(
+    source: str, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     rc = _libc.mount(
-        source.encode(), target.encode(), fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags), data.encode() if data else None,
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
     )
     _check(rc, f"mount {source} on {target}")
 

@@ -96,8 +96,12 @@ class SharedDir:
         mounts.mount("none", str(self.mounts_dir), None, mounts.MS_SHARED)
         mounts.bind(str(self.mounts_dir), str(self.shared_dir))
         mounts.mount("none", str(self.shared_dir), None, mounts.MS_SLAVE)
-        mounts.mount("none", str(self.shared_dir), None,
-                     mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY)
+        mounts.mount(
+            "none",
+            str(self.shared_dir),
+            None,
+            mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY,
+        )
 
     def apply_binds(self, binds: list[Bind]) -> None:
         for b in binds:

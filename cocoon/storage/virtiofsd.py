@@ -8,8 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from cocoon.procutil import die_with_parent
 from cocoon.errors import CocoonError
+from cocoon.procutil import die_with_parent
 
 DEFAULT_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
@@ -29,13 +29,24 @@ class Virtiofsd:
     async def start(self, timeout: float = 10.0) -> None:
         """Start the daemon and wait for its socket; raise CocoonError if it fails."""
         argv = [
-            self.binary, f"--socket-path={self.socket}", "-o", f"source={self.source}",
-            "-o", "cache=auto", "-o", "sandbox=chroot", "-o", "log_level=warn",
+            self.binary,
+            f"--socket-path={self.socket}",
+            "-o",
+            f"source={self.source}",
+            "-o",
+            "cache=auto",
+            "-o",
+            "sandbox=chroot",
+            "-o",
+            "log_level=warn",
         ]
         with open(self.log, "ab") as logf:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
                     start_new_session=True,
                     preexec_fn=die_with_parent(),
                 )

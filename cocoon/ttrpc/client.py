@@ -65,7 +65,9 @@ class Client:
         self._pending[stream_id] = fut
         req = Request(service, method, payload, int(timeout * 1e9) if timeout else 0)
         try:
-            await self.conn.send(framing.Frame(stream_id, framing.FrameType.REQUEST, 0, req.encode()))
+            await self.conn.send(
+                framing.Frame(stream_id, framing.FrameType.REQUEST, 0, req.encode())
+            )
             resp = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise TimeoutError(f"{method} on {self.name} timed out after {timeout:g}s") from None

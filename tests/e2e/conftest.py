@@ -62,17 +62,29 @@ class Env:
     def argv(self, *args: str) -> list[str]:
         return [*COCOON, "--root", str(self.root), *args]
 
-    def run(self, *args: str, input: bytes | None = None, timeout: float = 180,
-            env: dict[str, str] | None = None, capture: bool = True,
-            ) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 180,
+        env: dict[str, str] | None = None,
+        capture: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
         if not capture:
             with open(self.work / "out.log", "ab") as out:
                 return subprocess.run(
-                    self.argv(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    timeout=timeout, env={**os.environ, **(env or {})},
+                    self.argv(*args),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    timeout=timeout,
+                    env={**os.environ, **(env or {})},
                 )
         return subprocess.run(
-            self.argv(*args), input=input, capture_output=True, timeout=timeout,
+            self.argv(*args),
+            input=input,
+            capture_output=True,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
             stdin=None if input is not None else subprocess.DEVNULL,
         )

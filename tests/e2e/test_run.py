@@ -38,11 +38,19 @@ def test_exit_code_and_signal_status(env: Env) -> None:
 
 
 def test_signals_to_cocoon_run_reach_the_container(env: Env) -> None:
-    b = env.bundle(["/bin/sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; "
-                    "while :; do sleep 0.1; done"])
-    proc = subprocess.Popen(env.argv("run", "--bundle", str(b), "csig"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    b = env.bundle(
+        [
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; " "while :; do sleep 0.1; done",
+        ]
+    )
+    proc = subprocess.Popen(
+        env.argv("run", "--bundle", str(b), "csig"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
@@ -56,7 +64,7 @@ def test_signals_to_cocoon_run_reach_the_container(env: Env) -> None:
 
 
 def test_stdin_is_read_by_the_container(env: Env) -> None:
-    b = env.bundle(["/bin/sh", "-c", "while read l; do echo \"got:$l\"; done; echo done >&2"])
+    b = env.bundle(["/bin/sh", "-c", 'while read l; do echo "got:$l"; done; echo done >&2'])
     r = env.run("run", "--bundle", str(b), "cin", input=b"one\ntwo\n")
     assert r.returncode == 0
     assert r.stdout.decode().splitlines() == ["got:one", "got:two"]
@@ -73,8 +81,10 @@ def test_container_cannot_see_host_processes(env: Env) -> None:
 
 
 def test_virtiofs_share_and_writable_rootfs(env: Env) -> None:
-    b = env.bundle(["/bin/sh", "-c", "echo data > /written && cat /written"],
-                   root={"path": "rootfs", "readonly": False})
+    b = env.bundle(
+        ["/bin/sh", "-c", "echo data > /written && cat /written"],
+        root={"path": "rootfs", "readonly": False},
+    )
     r = env.run("run", "--bundle", str(b), "cvfs", env={"COCOON_SHARED_FS": "virtiofs"})
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"data\n"
@@ -91,9 +101,12 @@ def test_readonly_rootfs_is_readonly(env: Env) -> None:
 
 def test_qemu_killed_mid_run_gives_clear_error_and_no_leak(env: Env) -> None:
     b = env.bundle(["/bin/sh", "-c", "echo started; sleep 600"])
-    proc = subprocess.Popen(env.argv("run", "--bundle", str(b), "ckill"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        env.argv("run", "--bundle", str(b), "ckill"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"started\n"
@@ -139,8 +152,9 @@ def _one_error_line(r: subprocess.CompletedProcess[bytes], needle: str) -> None:
     assert "Traceback" not in r.stderr.decode()
 
 
-@pytest.mark.parametrize(("cid", "needle"), [("../x", "invalid container id"),
-                                             ("-x", "invalid container id")])
+@pytest.mark.parametrize(
+    ("cid", "needle"), [("../x", "invalid container id"), ("-x", "invalid container id")]
+)
 def test_bad_ids(env: Env, cid: str, needle: str) -> None:
     r = env.run("run", "--bundle", str(env.bundle(["true"])), "--", cid)
     _one_error_line(r, needle)
@@ -151,26 +165,31 @@ def test_missing_and_malformed_bundles(env: Env) -> None:
     b = env.bundle(["true"])
     (b / "config.json").write_text("{oops")
     _one_error_line(env.run("run", "--bundle", str(b), "c"), "malformed")
-    (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-                                               "process": {"args": []}}))
+    (b / "config.json").write_text(
+        json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": []}})
+    )
     _one_error_line(env.run("run", "--bundle", str(b), "c"), "process.args")
 
 
 def test_existing_id(env: Env) -> None:
     (env.root / "taken").mkdir(parents=True)
-    _one_error_line(env.run("run", "--bundle", str(env.bundle(["true"])), "taken"),
-                    "already exists")
+    _one_error_line(
+        env.run("run", "--bundle", str(env.bundle(["true"])), "taken"), "already exists"
+    )
     (env.root / "taken").rmdir()
 
 
 def test_missing_assets(env: Env, tmp_path: Path) -> None:
-    r = env.run("run", "--bundle", str(env.bundle(["true"])), "c",
-                env={"COCOON_ASSETS_DIR": str(tmp_path)})
+    r = env.run(
+        "run", "--bundle", str(env.bundle(["true"])), "c", env={"COCOON_ASSETS_DIR": str(tmp_path)}
+    )
     _one_error_line(r, "cocoon assets build")
 
 
 def test_qemu_failing_to_start(env: Env) -> None:
-    r = env.run("run", "--bundle", str(env.bundle(["true"])), "c", env={"COCOON_QEMU": "/bin/false"})
+    r = env.run(
+        "run", "--bundle", str(env.bundle(["true"])), "c", env={"COCOON_QEMU": "/bin/false"}
+    )
     _one_error_line(r, "QEMU failed to start")
 
 
@@ -178,6 +197,11 @@ def test_guest_never_answering(env: Env) -> None:
     wrapper = env.work / "qemu-paused"
     wrapper.write_text('#!/bin/sh\nexec qemu-system-x86_64 "$@" -S\n')
     wrapper.chmod(0o755)
-    r = env.run("run", "--bundle", str(env.bundle(["true"])), "c",
-                env={"COCOON_QEMU": str(wrapper), "COCOON_AGENT_TIMEOUT": "3"})
+    r = env.run(
+        "run",
+        "--bundle",
+        str(env.bundle(["true"])),
+        "c",
+        env={"COCOON_QEMU": str(wrapper), "COCOON_AGENT_TIMEOUT": "3"},
+    )
     _one_error_line(r, "did not answer within 3s")

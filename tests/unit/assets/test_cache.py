@@ -13,6 +13,7 @@ import pytest
 import cocoon.assets as assets
 from cocoon.assets import builder
 from cocoon.assets import inputs as inp
+from cocoon.assets.errors import BuildError
 from cocoon.cli import assets as cli
 from cocoon.cli.output import Reporter
 from cocoon.errors import AssetsMissing, InvalidArgument
@@ -154,3 +155,47 @@ def test_cli_list_table(
 def test_cli_needs_an_action(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="build or list"):
         cli.run(cli_args(tmp_path, None), Reporter(None, "text", False))
+
+
+def test_build_needs_root(
+    tmp_path: Path, fake_host: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(BuildError, match="needs root"):
+        assets.build(tmp_path / "assets")
+    assert not (tmp_path / "assets").exists()
+
+
+def test_a_failed_build_leaves_nothing_behind(
+    tmp_path: Path, fake_host: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(tmp: Path, *_args: object) -> dict[str, object]:
+        (tmp / "rootfs").mkdir()
+        (tmp / inp.KERNEL_NAME).write_bytes(b"partial")
+        raise BuildError("mkfs.erofs failed: boom")
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(builder, "_build_into", fail)
+    with pytest.raises(BuildError, match="boom"):
+        assets.build(tmp_path / "assets")
+    left = sorted(p.name for p in (tmp_path / "assets").iterdir())
+    assert left == [".lock", "build.log"]
+
+
+def test_a_build_lands_atomically(
+    tmp_path: Path, fake_host: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake(tmp: Path, *_args: object) -> dict[str, object]:
+        for name in (inp.KERNEL_NAME, inp.INITRD_NAME, inp.IMAGE_NAME):
+            (tmp / name).write_bytes(b"x")
+        return {"built_at": 5.0, "kernel": {"version": "6.1.0-56-amd64"}}
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(builder, "_build_into", fake)
+    steps: list[str] = []
+    built = assets.build(tmp_path, progress=steps.append)
+    assert assets.locate(tmp_path) == built
+    assert json.loads((built.directory / "manifest.json").read_text())["built_at"] == 5.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    rebuilt = assets.build(tmp_path, force=True)
+    assert rebuilt == built and assets.list_built(tmp_path)[0].current

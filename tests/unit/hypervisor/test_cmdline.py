@@ -9,9 +9,13 @@ from cocoon.hypervisor.cmdline import SharePlan, VMPlan, build_argv
 
 def plan(**kw: object) -> VMPlan:
     base: dict[str, object] = dict(
-        qemu="/usr/bin/qemu-system-x86_64", kernel=Path("/a/vmlinux"), initrd=Path("/a/initrd"),
-        image=Path("/a/root.erofs"), qmp_socket=Path("/s/qmp.sock"),
-        agent_socket=Path("/s/agent.sock"), console_log=Path("/s/console.log"),
+        qemu="/usr/bin/qemu-system-x86_64",
+        kernel=Path("/a/vmlinux"),
+        initrd=Path("/a/initrd"),
+        image=Path("/a/root.erofs"),
+        qmp_socket=Path("/s/qmp.sock"),
+        agent_socket=Path("/s/agent.sock"),
+        console_log=Path("/s/console.log"),
     )
     base.update(kw)
     return VMPlan(**base)  # type: ignore[arg-type]

@@ -23,8 +23,14 @@ def test_bind_mounts_are_shared_and_rewritten(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     spec = default_spec(["sh"])
-    spec["mounts"] = [{"destination": "/etc/hosts", "type": "bind", "source": str(hosts),
-                       "options": ["rbind", "ro"]}]
+    spec["mounts"] = [
+        {
+            "destination": "/etc/hosts",
+            "type": "bind",
+            "source": str(hosts),
+            "options": ["rbind", "ro"],
+        }
+    ]
     plan = plan_container("c1", spec, tmp_path, readonly=False)
     bind = plan.binds[1]
     assert bind.source == hosts and bind.readonly and not bind.is_dir
@@ -48,7 +54,8 @@ def test_bad_bind_sources(tmp_path: Path) -> None:
 def test_host_namespace_paths_never_reach_the_guest(tmp_path: Path) -> None:
     spec = default_spec(["sh"])
     spec["linux"]["namespaces"] = [
-        {"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"},
+        {"type": "pid"},
+        {"type": "network", "path": "/var/run/netns/x"},
         {"type": "ipc", "path": "/proc/1/ns/ipc"},
     ]
     ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]

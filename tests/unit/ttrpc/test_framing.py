@@ -34,8 +34,13 @@ def test_oversized_frames_are_refused_both_ways() -> None:
 
 
 def test_request_envelope_round_trip() -> None:
-    req = Request("containerd.task.v2.Task", "Create", b"\x00\x01payload", 5_000_000_000,
-                  [("k", "v"), ("a", "b")])
+    req = Request(
+        "containerd.task.v2.Task",
+        "Create",
+        b"\x00\x01payload",
+        5_000_000_000,
+        [("k", "v"), ("a", "b")],
+    )
     assert Request.decode(req.encode()) == req
 
 

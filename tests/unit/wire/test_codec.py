@@ -9,8 +9,14 @@ from cocoon.wire import service as s
 
 def test_every_agent_schema_round_trips() -> None:
     samples = [
-        w.CreateSandboxRequest("sb", "host", [w.Storage("9p", "cocoon", "/run/x", ["a"])],
-                               123, b"\x00\xffseed", ["1.1.1.1"]),
+        w.CreateSandboxRequest(
+            "sb",
+            "host",
+            [w.Storage("9p", "cocoon", "/run/x", ["a"])],
+            123,
+            b"\x00\xffseed",
+            ["1.1.1.1"],
+        ),
         w.CreateContainerRequest("c1", {"process": {"args": ["sh"]}}, "/run/r", True, False),
         w.ReadStreamResponse(b"\x00binary\xff", True),
         w.WaitProcessResponse(137, 42),
