@@ -120,6 +120,9 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-device",
         f"{_bus(plan, 'virtio-blk')},drive=root",
     ]
+    # Entropy from the host: qemu64 under TCG has no RDRAND, and without this
+    # the guest CRNG takes seconds to initialise (early getrandom() blocks).
+    argv += ["-device", f"{_bus(plan, 'virtio-rng')},id=rng0"]
     if plan.share is not None:
         argv += _share_args(plan, plan.share)
     return argv

@@ -36,6 +36,7 @@ def test_pc_defaults_are_minimal_and_pvh() -> None:
         "virtio-serial-pci,id=vser0",
         "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
         "virtio-blk-pci,drive=root",
+        "virtio-rng-pci,id=rng0",
     ]
     assert ("-drive", "file=/a/root.erofs,if=none,id=root,format=raw,readonly=on") in p
     append = dict(p)["-append"]
