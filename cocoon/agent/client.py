@@ -128,3 +128,13 @@ class AgentClient:
         req = w.ContainerRequest(cid)
         resp = await self.call("ListProcesses", req, w.ListProcessesResponse, DEFAULT_TIMEOUT)
         return resp.processes
+
+    async def pause_container(self, cid: str) -> None:
+        await self.call("PauseContainer", w.ContainerRequest(cid), w.Empty, DEFAULT_TIMEOUT)
+
+    async def resume_container(self, cid: str) -> None:
+        await self.call("ResumeContainer", w.ContainerRequest(cid), w.Empty, DEFAULT_TIMEOUT)
+
+    async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
+        req = w.UpdateContainerRequest(cid, resources)
+        await self.call("UpdateContainer", req, w.Empty, DEFAULT_TIMEOUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import signal as _signal
+from collections.abc import Callable
 from pathlib import Path
 
 from cocoon.cli.output import Reporter
@@ -39,7 +40,9 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[SandboxPaths, Path]:
+def prepare_sandbox(
+    args: argparse.Namespace, reporter: Reporter, check_terminal: Callable[[bool], None]
+) -> tuple[SandboxPaths, Path]:
     """Validate the inputs, then create the state dir and state.json for a new sandbox.
 
     Everything that can be checked is checked before anything is created, so
@@ -55,6 +58,7 @@ def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[Sandb
 
     paths = paths_for(args, args.id)
     bundle = load_bundle(args.bundle)
+    check_terminal(bundle.terminal)
     settings = from_environment()
     assets = locate(assets_dir(args.assets_dir))
     paths.check_socket_lengths()
@@ -89,17 +93,4 @@ def prepare_sandbox(args: argparse.Namespace, reporter: Reporter) -> tuple[Sandb
     return paths, bundle.path
 
 
-def ensure_absent_on_error(paths: SandboxPaths) -> None:
-    from cocoon.service.launch import force_cleanup
-
-    force_cleanup(paths)
-
-
-__all__ = [
-    "AlreadyExists",
-    "ensure_absent_on_error",
-    "now_rfc3339",
-    "parse_signal",
-    "paths_for",
-    "prepare_sandbox",
-]
+__all__ = ["AlreadyExists", "now_rfc3339", "parse_signal", "paths_for", "prepare_sandbox"]

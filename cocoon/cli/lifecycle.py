@@ -1,6 +1,8 @@
-"""``state``, ``kill``, ``delete`` and ``list`` for containers started by ``run -d``.
+"""``state``, ``list``, ``kill``, ``delete``, ``pause``, ``resume``, ``ps``, ``update``.
 
-The full runc verb set (create/start/exec/ps/...) builds on these.
+Each talks to the container's sandbox service; a container whose service is
+gone reads as ``stopped`` and can still be deleted (every trace is removed by
+the recorded PIDs and the state dir).
 """
 
 from __future__ import annotations
@@ -8,100 +10,211 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 from cocoon.cli.common import parse_signal, paths_for
+from cocoon.cli.lock import container_lock, remove_lock
 from cocoon.cli.output import Reporter
-from cocoon.errors import CocoonError, NotFound
+from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument, NotFound
 from cocoon.service import persist
+
+T = TypeVar("T")
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.verb == "list":
         return _list(args)
     paths = paths_for(args, args.id)
-    if args.verb == "state":
-        return asyncio.run(_state(paths))
-    if args.verb == "kill":
-        sig = parse_signal(args.signal)
-        return asyncio.run(_kill(paths, sig, args.all))
-    return asyncio.run(_delete(paths, args.force))
+    handler: Callable[[argparse.Namespace, persist.SandboxPaths, Reporter], int] = {
+        "state": _state, "kill": _kill, "delete": _delete, "pause": _pause,
+        "resume": _resume, "ps": _ps, "update": _update,
+    }[args.verb]
+    return handler(args, paths, reporter)
 
 
-async def _status(paths: persist.SandboxPaths, st: persist.SandboxState) -> tuple[str, int]:
-    from cocoon.procutil import alive
+def _with_client(paths: persist.SandboxPaths, fn: Callable[[Any], Awaitable[T]]) -> T:
     from cocoon.service.client import ServiceClient
+
+    async def go() -> T:
+        client = await ServiceClient.connect(paths)
+        try:
+            return await fn(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def status_of(paths: persist.SandboxPaths, st: persist.SandboxState) -> tuple[str, int]:
+    """(status, pid) from the live service; ``stopped`` when it is gone."""
+    from cocoon.procutil import alive
 
     if not alive(st.service_pid):
-        return "stopped", 0
+        return ("creating", 0) if st.status == "creating" and not st.service_pid else ("stopped", 0)
     try:
-        client = await ServiceClient.connect(paths)
+        resp = _with_client(paths, lambda c: c.state(paths.id))
+    except NotFound:
+        return "creating", 0
     except CocoonError:
         return "stopped", 0
+    return resp.status, resp.pid
+
+
+def state_json(paths: persist.SandboxPaths, st: persist.SandboxState) -> dict[str, Any]:
+    status, pid = status_of(paths, st)
+    spec_root = ""
     try:
-        resp = await client.state(paths.id)
-        return resp.status, resp.pid
-    except NotFound:
-        return st.status, 0
-    finally:
-        await client.close()
+        spec = json.loads((Path(st.bundle) / "config.json").read_text())
+        root = Path(spec["root"]["path"])
+        spec_root = str(root if root.is_absolute() else Path(st.bundle) / root)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {
+        "ociVersion": "1.0.2", "id": st.id, "pid": pid, "status": status, "bundle": st.bundle,
+        "rootfs": spec_root, "created": st.created, "owner": "", "annotations": st.annotations,
+    }
 
 
-async def _state(paths: persist.SandboxPaths) -> int:
-    st = persist.load(paths)
-    status, pid = await _status(paths, st)
-    print(
-        json.dumps(
-            {
-                "ociVersion": "1.1.0",
-                "id": st.id,
-                "pid": pid,
-                "status": status,
-                "bundle": st.bundle,
-                "rootfs": "",
-                "created": st.created,
-                "owner": "",
-                "annotations": st.annotations,
-            },
-            indent=2,
-        )
-    )
+def _state(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    print(json.dumps(state_json(paths, persist.load(paths)), indent=2))
     return 0
 
 
-async def _kill(paths: persist.SandboxPaths, sig: int, all_procs: bool) -> int:
-    from cocoon.service.client import ServiceClient
-
-    persist.load(paths)
-    client = await ServiceClient.connect(paths)
-    try:
-        await client.kill(paths.id, sig, all_procs)
-    finally:
-        await client.close()
-    return 0
-
-
-async def _delete(paths: persist.SandboxPaths, force: bool) -> int:
+def _require_live(paths: persist.SandboxPaths) -> persist.SandboxState:
     from cocoon.procutil import alive
-    from cocoon.service.client import ServiceClient
+
+    st = persist.load(paths)
+    if not alive(st.service_pid):
+        raise FailedPrecondition(f"container {paths.id!r} is not running")
+    return st
+
+
+def _kill(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    sig = parse_signal(args.signal)
+    with container_lock(paths.root, paths.id):
+        _require_live(paths)
+        _with_client(paths, lambda c: c.kill(paths.id, sig, args.all))
+    return 0
+
+
+def _pause(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    with container_lock(paths.root, paths.id):
+        _require_live(paths)
+        _with_client(paths, lambda c: c.pause(paths.id))
+    return 0
+
+
+def _resume(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    with container_lock(paths.root, paths.id):
+        _require_live(paths)
+        _with_client(paths, lambda c: c.resume(paths.id))
+    return 0
+
+
+def _delete(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    from cocoon.cli.create import oci_state, run_hooks
+    from cocoon.procutil import alive
     from cocoon.service.launch import force_cleanup, wait_service_exit
 
-    st = persist.load(paths)
-    if alive(st.service_pid):
-        try:
-            client = await ServiceClient.connect(paths)
-        except CocoonError:
-            client = None
-        if client is not None:
+    with container_lock(paths.root, paths.id):
+        st = persist.load(paths)
+        status, pid = status_of(paths, st)
+        if status in ("running", "paused") and not args.force:
+            raise FailedPrecondition(
+                f"cannot delete container {paths.id!r}: it is {status} (stop it or use --force)"
+            )
+        if alive(st.service_pid):
+
+            async def delete(c: Any) -> None:
+                try:
+                    await c.delete(paths.id, args.force)
+                except NotFound:
+                    await c.shutdown()
+
             try:
-                await client.delete(paths.id, force)
-            except NotFound:
-                await client.shutdown()
-            finally:
-                await client.close()
+                _with_client(paths, delete)
+            except CocoonError as exc:
+                if not args.force:
+                    raise
+                reporter.debug(f"delete: the service failed ({exc}); cleaning up by force")
             wait_service_exit(None, st.service_pid, 15)
-    left = force_cleanup(paths)
+        left = force_cleanup(paths)
+        try:
+            spec = json.loads((Path(st.bundle) / "config.json").read_text())
+            state = oci_state(paths, "stopped", pid, st.bundle, st.annotations)
+            run_hooks("poststop", spec, state, False, reporter)
+        except (OSError, ValueError, CocoonError) as exc:
+            reporter.warn(f"poststop hooks: {exc}")
+        remove_lock(paths.root, paths.id)
     if left:
         raise CocoonError(f"could not remove {', '.join(left)}")
+    return 0
+
+
+def _ps(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    _require_live(paths)
+    resp = _with_client(paths, lambda c: c.ps(paths.id))
+    if args.format == "json":
+        # Host PIDs, as engines expect: the processes standing for the guest's.
+        print(json.dumps(resp.host_pids))
+        return 0
+    print(f"{'PID':>7}  CMD  (guest PIDs: the processes run inside the VM)")
+    for p in resp.processes:
+        print(f"{p.pid:>7}  {' '.join(p.args)}")
+    return 0
+
+
+_UPDATE_FLAGS: list[tuple[str, tuple[str, ...], Callable[[str], Any]]] = [
+    ("blkio_weight", ("blockIO", "weight"), int),
+    ("cpu_period", ("cpu", "period"), int),
+    ("cpu_quota", ("cpu", "quota"), int),
+    ("cpu_share", ("cpu", "shares"), int),
+    ("cpu_rt_period", ("cpu", "realtimePeriod"), int),
+    ("cpu_rt_runtime", ("cpu", "realtimeRuntime"), int),
+    ("cpuset_cpus", ("cpu", "cpus"), str),
+    ("cpuset_mems", ("cpu", "mems"), str),
+    ("memory", ("memory", "limit"), int),
+    ("memory_reservation", ("memory", "reservation"), int),
+    ("memory_swap", ("memory", "swap"), int),
+    ("pids_limit", ("pids", "limit"), int),
+]
+
+
+def resources_from_args(args: argparse.Namespace, stdin: Any = None) -> dict[str, Any]:
+    """LinuxResources from ``--resources FILE|-`` and/or runc's single-value flags."""
+    res: dict[str, Any] = {}
+    if args.resources:
+        try:
+            text = (stdin or sys.stdin).read() if args.resources == "-" else Path(
+                args.resources).read_text()
+            res = json.loads(text)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --resources {args.resources}", exc) from exc
+        except ValueError as exc:
+            raise InvalidArgument("--resources is not valid JSON", exc) from exc
+        if not isinstance(res, dict):
+            raise InvalidArgument("--resources must be a JSON object (LinuxResources)")
+    for attr, (section, key), conv in _UPDATE_FLAGS:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        try:
+            res.setdefault(section, {})[key] = conv(value)
+        except ValueError:
+            raise InvalidArgument(f"--{attr.replace('_', '-')} {value!r} is not valid") from None
+    if not res:
+        raise InvalidArgument("update needs --resources or at least one resource flag")
+    return res
+
+
+def _update(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
+    resources = resources_from_args(args)
+    with container_lock(paths.root, paths.id):
+        _require_live(paths)
+        _with_client(paths, lambda c: c.update(paths.id, resources))
     return 0
 
 
@@ -112,21 +225,14 @@ def _list(args: argparse.Namespace) -> int:
     rows = []
     if root.is_dir():
         for entry in sorted(root.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            paths = persist.SandboxPaths(root, entry.name)
             try:
-                st = persist.load(persist.SandboxPaths(root, entry.name))
+                st = persist.load(paths)
             except CocoonError:
                 continue
-            status, pid = asyncio.run(_status(persist.SandboxPaths(root, entry.name), st))
-            rows.append(
-                {
-                    "id": st.id,
-                    "pid": pid,
-                    "status": status,
-                    "bundle": st.bundle,
-                    "created": st.created,
-                    "owner": "root",
-                }
-            )
+            rows.append(state_json(paths, st))
     if args.quiet:
         for r in rows:
             print(r["id"])
@@ -135,8 +241,6 @@ def _list(args: argparse.Namespace) -> int:
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for r in rows:
-            print(
-                f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
-                f"{r['created']:<32}{r['owner']}"
-            )
+            print(f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
+                  f"{r['created']:<32}{r['owner'] or 'root'}")
     return 0

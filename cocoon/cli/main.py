@@ -13,19 +13,30 @@ from importlib import import_module
 from cocoon.cli.output import Reporter
 
 _VERBS = {
-    "run": "cocoon.cli.run",
+    "create": "cocoon.cli.create",
+    "start": "cocoon.cli.create",
+    "run": "cocoon.cli.create",
+    "exec": "cocoon.cli.execute",
     "state": "cocoon.cli.lifecycle",
     "kill": "cocoon.cli.lifecycle",
     "delete": "cocoon.cli.lifecycle",
     "list": "cocoon.cli.lifecycle",
+    "pause": "cocoon.cli.lifecycle",
+    "resume": "cocoon.cli.lifecycle",
+    "ps": "cocoon.cli.lifecycle",
+    "update": "cocoon.cli.lifecycle",
+    "features": "cocoon.cli.info",
+    "spec": "cocoon.cli.info",
     "check": "cocoon.cli.check",
     "assets": "cocoon.cli.assets",
     "_service": "cocoon.service.daemon",
 }
 
+_OWN_ENTRY = {"create", "start", "run"}
+
 VERSION_TEXT = """cocoon version {version}
-spec: 1.1.0
-guest: qemu vm, crun inside the guest"""
+commit: none
+spec: 1.1.0"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             raise InvalidArgument("--systemd-cgroup is not supported: Cocoon uses cgroupfs")
         module = import_module(_VERBS[args.verb])
-        rc: int = module.run(args, reporter)
+        entry = getattr(module, args.verb, None) if args.verb in _OWN_ENTRY else module.run
+        rc: int = entry(args, reporter)
         return rc
     except CocoonError as exc:
         reporter.error(str(exc), exc)

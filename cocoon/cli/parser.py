@@ -9,8 +9,24 @@ from __future__ import annotations
 import argparse
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors as one line (``cocoon: ...``) and exit status 1, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SystemExit(f"cocoon: {message}")
+
+
+def _add_create_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--bundle", default=".", help="bundle directory (default: cwd)")
+    p.add_argument("--pid-file", help="write the PID standing for the container here")
+    p.add_argument("--console-socket", help="send the pty master to this AF_UNIX socket")
+    p.add_argument("--no-pivot", action="store_true", help="accepted (the guest decides)")
+    p.add_argument("--no-new-keyring", action="store_true", help="accepted")
+    p.add_argument("--preserve-fds", type=int, default=0, help="accepted; 0 only")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="cocoon",
         description="Cocoon: run every container in its own lightweight VM (runc-compatible).",
     )
@@ -20,40 +36,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log debug detail")
     p.add_argument("--assets-dir", help="guest asset cache (default /var/lib/cocoon/assets)")
     p.add_argument("--systemd-cgroup", action="store_true", help="not supported (no systemd)")
-    p.add_argument("--rootless", default="false", help="accepted: false|auto")
+    p.add_argument("--rootless", default="false", choices=["true", "false", "auto"],
+                   help="accepted: false|auto (Cocoon runs as root)")
     p.add_argument("-v", "--version", action="store_true", help="print the version")
-    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="create and run a container in its own VM")
-    run.add_argument("-b", "--bundle", default=".", help="bundle directory (default: cwd)")
+    create = sub.add_parser("create", help="create a container (boots its VM)")
+    _add_create_flags(create)
+    create.add_argument("id")
+
+    start = sub.add_parser("start", help="start a created container")
+    start.add_argument("id")
+
+    run = sub.add_parser("run", help="create and start a container; wait unless --detach")
+    _add_create_flags(run)
     run.add_argument("-d", "--detach", action="store_true", help="do not wait for the container")
-    run.add_argument("--pid-file", help="write the container's host-side PID here")
-    run.add_argument("--console-socket", help="send the pty master to this AF_UNIX socket")
-    run.add_argument("--no-pivot", action="store_true")
-    run.add_argument("--no-new-keyring", action="store_true")
-    run.add_argument("--preserve-fds", type=int, default=0)
+    run.add_argument("--keep", action="store_true", help="accepted")
     run.add_argument("id")
 
     state = sub.add_parser("state", help="print a container's state as JSON")
     state.add_argument("id")
 
     kill = sub.add_parser("kill", help="send a signal to a container's init process")
-    kill.add_argument("-a", "--all", action="store_true")
+    kill.add_argument("-a", "--all", action="store_true", help="signal every process")
     kill.add_argument("id")
     kill.add_argument("signal", nargs="?", default="SIGTERM")
 
     delete = sub.add_parser("delete", help="delete a container and its VM")
-    delete.add_argument("-f", "--force", action="store_true")
+    delete.add_argument("-f", "--force", action="store_true", help="kill it first if running")
     delete.add_argument("id")
 
     lst = sub.add_parser("list", help="list containers")
     lst.add_argument("-f", "--format", choices=["table", "json"], default="table")
     lst.add_argument("-q", "--quiet", action="store_true")
 
+    for verb in ("pause", "resume"):
+        sp = sub.add_parser(verb, help=f"{verb} every process of a container")
+        sp.add_argument("id")
+
+    ps = sub.add_parser("ps", help="processes of a container")
+    ps.add_argument("-f", "--format", choices=["table", "json"], default="table")
+    ps.add_argument("id")
+    ps.add_argument("ps_args", nargs=argparse.REMAINDER)
+
+    ex = sub.add_parser("exec", help="run a process in a running container")
+    ex.add_argument("-p", "--process", help="an OCI Process JSON file")
+    ex.add_argument("-d", "--detach", action="store_true")
+    ex.add_argument("--pid-file")
+    ex.add_argument("--console-socket")
+    ex.add_argument("-t", "--tty", action="store_true")
+    ex.add_argument("--cwd")
+    ex.add_argument("-e", "--env", action="append")
+    ex.add_argument("-u", "--user")
+    ex.add_argument("-g", "--additional-gids", action="append")
+    ex.add_argument("-c", "--cap", action="append")
+    ex.add_argument("--no-new-privs", action="store_true")
+    ex.add_argument("--apparmor")
+    ex.add_argument("--process-label")
+    ex.add_argument("--preserve-fds", type=int, default=0)
+    ex.add_argument("--ignore-paused", action="store_true")
+    ex.add_argument("--cgroup")
+    ex.add_argument("id")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+
+    up = sub.add_parser("update", help="update a container's resource limits")
+    up.add_argument("-r", "--resources", help="LinuxResources JSON file, or - for stdin")
+    for flag in ("blkio-weight", "cpu-period", "cpu-quota", "cpu-share", "cpu-rt-period",
+                 "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems", "memory",
+                 "memory-reservation", "memory-swap", "pids-limit", "kernel-memory",
+                 "kernel-memory-tcp", "l3-cache-schema", "mem-bw-schema"):
+        up.add_argument(f"--{flag}")
+    up.add_argument("id")
+
+    sub.add_parser("features", help="print the OCI features document")
+
+    spec = sub.add_parser("spec", help="write a default config.json")
+    spec.add_argument("-b", "--bundle", default=".")
+    spec.add_argument("--rootless", dest="rootless_spec", action="store_true")
+
     sub.add_parser("check", help="check whether this host can run Cocoon, and how fast")
 
     assets = sub.add_parser("assets", help="build or list the guest kernel, initramfs and image")
-    asub = assets.add_subparsers(dest="assets_verb", metavar="ACTION")
+    asub = assets.add_subparsers(dest="assets_verb", metavar="ACTION", parser_class=_Parser)
     ab = asub.add_parser("build", help="build the guest assets (cached)")
     ab.add_argument("--force", action="store_true", help="rebuild even when cached")
     asub.add_parser("list", help="show built assets")

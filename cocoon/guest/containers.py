@@ -39,6 +39,7 @@ CGROUP_PARENT = "/cocoon"
 class State(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPED = "stopped"
 
 
@@ -292,6 +293,30 @@ class ContainerManager:
             except (FileNotFoundError, ValueError):
                 pass
             await asyncio.sleep(0.01)
+
+    async def pause(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.state != State.RUNNING:
+            raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is {ctr.state.value}")
+        await self._crun_ok("pause", cid)
+        ctr.state = State.PAUSED
+
+    async def resume(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.state != State.PAUSED:
+            raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is not paused")
+        await self._crun_ok("resume", cid)
+        if ctr.state == State.PAUSED:
+            ctr.state = State.RUNNING
+
+    async def update(self, cid: str, resources: dict[str, Any]) -> None:
+        ctr = self.get(cid)
+        if ctr.state == State.STOPPED:
+            raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is stopped")
+        path = os.path.join(ctr.bundle, "resources.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(resources, fh)
+        await self._crun_ok("update", "--resources", path, cid)
 
     async def signal(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
         ctr = self.get(cid)

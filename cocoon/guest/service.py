@@ -123,6 +123,18 @@ class AgentService:
         procs = self.containers.processes(req.container_id)
         return w.ListProcessesResponse([w.ProcessInfo(pid, args) for pid, args in procs])
 
+    async def PauseContainer(self, req: w.ContainerRequest) -> w.Empty:
+        await self.containers.pause(req.container_id)
+        return w.Empty()
+
+    async def ResumeContainer(self, req: w.ContainerRequest) -> w.Empty:
+        await self.containers.resume(req.container_id)
+        return w.Empty()
+
+    async def UpdateContainer(self, req: w.UpdateContainerRequest) -> w.Empty:
+        await self.containers.update(req.container_id, req.resources)
+        return w.Empty()
+
     # -- wiring ----------------------------------------------------------------
     def register(self, server: Server) -> None:
         for name, (req_type, _resp_type) in w.METHODS.items():

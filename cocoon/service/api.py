@@ -63,8 +63,11 @@ class ServiceAPI:
 
     async def State(self, req: s.ContainerRef) -> s.ContainerStatus:
         ctr = self.sandbox.get(req.container_id)
-        pid = self.sandbox.vm.pid if self.sandbox.vm else 0
-        return s.ContainerStatus(ctr.id, ctr.status, pid, str(ctr.bundle), "", ctr.annotations)
+        pid = ctr.host_pids.get("", 0)
+        return s.ContainerStatus(
+            ctr.id, ctr.status, pid, str(ctr.bundle), "", ctr.annotations,
+            self.sandbox.exit_status(ctr.id),
+        )
 
     async def Kill(self, req: s.KillRequest) -> s.Empty:
         await self.sandbox.kill(req.container_id, req.exec_id, req.signal, req.all)
@@ -85,6 +88,34 @@ class ServiceAPI:
             await self.sandbox.shutdown()
             self.on_empty()
         return s.Empty()
+
+    async def RegisterProcess(self, req: s.RegisterProcessRequest) -> s.Empty:
+        self.sandbox.register_process(req.container_id, req.exec_id, req.host_pid)
+        return s.Empty()
+
+    async def Exec(self, req: s.ExecRequest) -> s.Empty:
+        await self.sandbox.exec(req.container_id, req.exec_id, req.process, req.stdin)
+        return s.Empty()
+
+    async def Resize(self, req: s.ResizeRequest) -> s.Empty:
+        await self.sandbox.resize(req.container_id, req.exec_id, req.rows, req.cols)
+        return s.Empty()
+
+    async def Pause(self, req: s.ContainerRef) -> s.Empty:
+        await self.sandbox.pause(req.container_id)
+        return s.Empty()
+
+    async def Resume(self, req: s.ContainerRef) -> s.Empty:
+        await self.sandbox.resume(req.container_id)
+        return s.Empty()
+
+    async def Update(self, req: s.UpdateRequest) -> s.Empty:
+        await self.sandbox.update(req.container_id, req.resources)
+        return s.Empty()
+
+    async def Ps(self, req: s.ContainerRef) -> s.PsResponse:
+        host, guest = await self.sandbox.ps(req.container_id)
+        return s.PsResponse(host, [s.GuestProcess(p.pid, p.args) for p in guest])
 
     async def Shutdown(self, _: s.Empty) -> s.Empty:
         await self.sandbox.shutdown()

@@ -82,6 +82,28 @@ class ServiceClient:
     async def shutdown(self) -> None:
         await self.call("Shutdown", s.Empty(), s.Empty, 60)
 
+    async def register_process(self, cid: str, exec_id: str, host_pid: int) -> None:
+        await self.call("RegisterProcess", s.RegisterProcessRequest(cid, exec_id, host_pid),
+                        s.Empty, 30)
+
+    async def exec(self, cid: str, exec_id: str, process: dict[str, Any], stdin: bool) -> None:
+        await self.call("Exec", s.ExecRequest(cid, exec_id, process, stdin), s.Empty, 120)
+
+    async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
+        await self.call("Resize", s.ResizeRequest(cid, exec_id, rows, cols), s.Empty, 30)
+
+    async def pause(self, cid: str) -> None:
+        await self.call("Pause", s.ContainerRef(cid), s.Empty, 60)
+
+    async def resume(self, cid: str) -> None:
+        await self.call("Resume", s.ContainerRef(cid), s.Empty, 60)
+
+    async def update(self, cid: str, resources: dict[str, Any]) -> None:
+        await self.call("Update", s.UpdateRequest(cid, resources), s.Empty, 60)
+
+    async def ps(self, cid: str) -> s.PsResponse:
+        return await self.call("Ps", s.ContainerRef(cid), s.PsResponse, 30)
+
 
 def send_stdio(paths: SandboxPaths, cid: str, exec_id: str, fds: dict[str, int]) -> None:
     """Hand our stdio fds to the service, which relays the process's streams into them."""

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cocoon.agent.client import AgentClient
 from cocoon.assets import GuestAssets
@@ -67,6 +68,8 @@ class ContainerRecord:
     init: ProcessRecord | None = None
     execs: dict[str, ProcessRecord] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    host_pids: dict[str, int] = field(default_factory=dict)  # exec id ("" = init) → stub
+    terminal: bool = False
 
 
 class Sandbox:
@@ -247,7 +250,9 @@ class Sandbox:
             self.share.remove_binds(cid)
             raise
         self._mark("container_created")
-        ctr = ContainerRecord(cid, bundle.path, annotations=bundle.annotations)
+        ctr = ContainerRecord(
+            cid, bundle.path, annotations=bundle.annotations, terminal=bundle.terminal
+        )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
 
@@ -270,6 +275,8 @@ class Sandbox:
                 return
             if not proc.exit.done():
                 proc.exit.set_result((resp.status, resp.exited_at_ns))
+            if exec_id and cid in self.containers:
+                self.containers[cid].host_pids.pop(exec_id, None)
             if not exec_id:
                 self.containers[cid].status = "stopped"
                 self._mark("container_exited")
@@ -298,6 +305,63 @@ class Sandbox:
         self._mark("container_started")
         if ctr.status == "created":
             ctr.status = "running"
+
+    async def exec(self, cid: str, exec_id: str, process: dict[str, Any], stdin: bool) -> None:
+        ctr = self.get(cid)
+        if ctr.status != "running":
+            raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {ctr.status}")
+        if not exec_id or exec_id in ctr.execs:
+            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is empty or in use")
+        agent = await self.ready()
+        terminal = bool(process.get("terminal", False))
+        await agent.exec_process(w.ExecProcessRequest(cid, exec_id, process, stdin, terminal))
+        ctr.execs[exec_id] = self._track(cid, exec_id)
+
+    def register_process(self, cid: str, exec_id: str, host_pid: int) -> None:
+        self._process(cid, exec_id)
+        self.get(cid).host_pids[exec_id] = host_pid
+
+    async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
+        self._process(cid, exec_id)
+        agent = await self.ready()
+        await agent.resize(cid, exec_id, rows, cols)
+
+    async def pause(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.status != "running":
+            raise FailedPrecondition(f"container {cid!r} is {ctr.status}, not running")
+        agent = await self.ready()
+        await agent.pause_container(cid)
+        ctr.status = "paused"
+
+    async def resume(self, cid: str) -> None:
+        ctr = self.get(cid)
+        if ctr.status != "paused":
+            raise FailedPrecondition(f"container {cid!r} is {ctr.status}, not paused")
+        agent = await self.ready()
+        await agent.resume_container(cid)
+        if ctr.status == "paused":
+            ctr.status = "running"
+
+    async def update(self, cid: str, resources: dict[str, Any]) -> None:
+        ctr = self.get(cid)
+        if ctr.status == "stopped":
+            raise FailedPrecondition(f"container {cid!r} is stopped")
+        agent = await self.ready()
+        await agent.update_container(cid, resources)
+
+    async def ps(self, cid: str) -> tuple[list[int], list[w.ProcessInfo]]:
+        ctr = self.get(cid)
+        if ctr.status == "stopped":
+            return [], []
+        agent = await self.ready()
+        return sorted(set(ctr.host_pids.values())), await agent.list_processes(cid)
+
+    def exit_status(self, cid: str) -> int:
+        init = self.get(cid).init
+        if init is None or not init.exit.done() or init.exit.exception() is not None:
+            return -1
+        return init.exit.result()[0]
 
     async def kill(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
         proc = self._process(cid, exec_id)

@@ -138,6 +138,12 @@ class ListProcessesResponse:
     processes: list[ProcessInfo] = field(default_factory=list)
 
 
+@dataclass
+class UpdateContainerRequest:
+    container_id: str
+    resources: dict[str, Any]  # OCI LinuxResources, applied to the guest cgroup
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Check": (Empty, CheckResponse),
     "CreateSandbox": (CreateSandboxRequest, Empty),
@@ -154,4 +160,7 @@ METHODS: dict[str, tuple[type, type]] = {
     "ReadStderr": (ReadStreamRequest, ReadStreamResponse),
     "TtyWinResize": (TtyWinResizeRequest, Empty),
     "ListProcesses": (ContainerRequest, ListProcessesResponse),
+    "PauseContainer": (ContainerRequest, Empty),
+    "ResumeContainer": (ContainerRequest, Empty),
+    "UpdateContainer": (UpdateContainerRequest, Empty),
 }

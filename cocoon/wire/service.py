@@ -7,6 +7,7 @@ schema is the CLI's narrower door to it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 SERVICE = "cocoon.service.v1.Sandbox"
 
@@ -54,11 +55,55 @@ class DeleteRequest:
 @dataclass
 class ContainerStatus:
     container_id: str
-    status: str
-    pid: int = 0
+    status: str  # created | running | paused | stopped
+    pid: int = 0  # the host process standing for the container's init
     bundle: str = ""
     created: str = ""
     annotations: dict[str, str] = field(default_factory=dict)
+    exit_status: int = -1
+
+
+@dataclass
+class RegisterProcessRequest:
+    """The host PID that stands for a guest process (what the engine reaps)."""
+
+    container_id: str
+    exec_id: str
+    host_pid: int
+
+
+@dataclass
+class ExecRequest:
+    container_id: str
+    exec_id: str
+    process: dict[str, Any]  # an OCI Process
+    stdin: bool = True
+
+
+@dataclass
+class ResizeRequest:
+    container_id: str
+    exec_id: str = ""
+    rows: int = 24
+    cols: int = 80
+
+
+@dataclass
+class UpdateRequest:
+    container_id: str
+    resources: dict[str, Any]  # OCI LinuxResources
+
+
+@dataclass
+class GuestProcess:
+    pid: int  # PID in the guest
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PsResponse:
+    host_pids: list[int] = field(default_factory=list)
+    processes: list[GuestProcess] = field(default_factory=list)
 
 
 METHODS: dict[str, tuple[type, type]] = {
@@ -69,4 +114,11 @@ METHODS: dict[str, tuple[type, type]] = {
     "Wait": (ContainerRef, WaitResponse),
     "Delete": (DeleteRequest, Empty),
     "Shutdown": (Empty, Empty),
+    "RegisterProcess": (RegisterProcessRequest, Empty),
+    "Exec": (ExecRequest, Empty),
+    "Resize": (ResizeRequest, Empty),
+    "Pause": (ContainerRef, Empty),
+    "Resume": (ContainerRef, Empty),
+    "Update": (UpdateRequest, Empty),
+    "Ps": (ContainerRef, PsResponse),
 }

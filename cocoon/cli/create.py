@@ -1,0 +1,289 @@
+"""``create``, ``start`` and ``run``: a container in its own VM, runc's way.
+
+``create`` validates everything it can before creating anything, starts the
+sandbox service (which boots the VM), has the agent create the container, runs
+the createRuntime/createContainer hooks, and leaves the stub (the PID in
+``--pid-file``) holding the container's stdio. ``start`` runs it. ``run`` is
+both; in the foreground the CLI itself is the reapable process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import termios
+import tty
+from pathlib import Path
+from typing import Any
+
+from cocoon.cli.common import paths_for, prepare_sandbox
+from cocoon.cli.lock import container_lock, remove_lock
+from cocoon.cli.output import Reporter
+from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument
+from cocoon.service.persist import SandboxPaths
+
+FOREGROUND_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                      signal.SIGUSR1, signal.SIGUSR2)
+
+
+def oci_state(paths: SandboxPaths, status: str, pid: int, bundle: str,
+              annotations: dict[str, str]) -> dict[str, Any]:
+    return {"ociVersion": "1.0.2", "id": paths.id, "status": status, "pid": pid,
+            "bundle": bundle, "annotations": annotations}
+
+
+def run_hooks(kind: str, spec: dict[str, Any], state: dict[str, Any], fatal: bool,
+              reporter: Reporter) -> None:
+    if not spec.get("hooks"):
+        return  # the common case: no import, no work
+    from cocoon.oci.hooks import hooks_of
+    from cocoon.oci.hooks import run_hooks as _run
+
+    hooks = hooks_of(spec, kind)
+    if not hooks:
+        return
+    for warning in _run(kind, hooks, state, fatal=fatal):
+        reporter.warn(warning)
+
+
+def _spec(bundle: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_terminal(args: argparse.Namespace, terminal: bool, detached: bool) -> None:
+    """runc's rules for ttys and console sockets."""
+    from cocoon.cli.stub import check_console_socket
+
+    if args.console_socket:
+        if not terminal:
+            raise InvalidArgument("--console-socket given but process.terminal is false")
+        check_console_socket(args.console_socket)
+    elif terminal and detached:
+        raise InvalidArgument(
+            "cannot allocate a tty for a detached container without --console-socket"
+        )
+
+
+def _start_sandbox(
+    args: argparse.Namespace, reporter: Reporter, detached: bool
+) -> tuple[SandboxPaths, Path, subprocess.Popen[bytes], dict[str, Any]]:
+    """Everything create does up to a container created in the guest."""
+    from cocoon.service.launch import spawn_service
+
+    paths, bundle = prepare_sandbox(args, reporter, _check_terminal_for(args, detached))
+    spec = _spec(bundle)
+    try:
+        service = spawn_service(paths, args.debug)
+        asyncio.run(_create_in_guest(paths, bundle))
+        state = oci_state(paths, "creating", 0, str(bundle), spec.get("annotations") or {})
+        run_hooks("prestart", spec, state, True, reporter)
+        run_hooks("createRuntime", spec, state, True, reporter)
+        run_hooks("createContainer", spec, state, True, reporter)
+    except BaseException:
+        _destroy(paths)
+        raise
+    return paths, bundle, service, spec
+
+
+def _check_terminal_for(args: argparse.Namespace, detached: bool) -> Any:
+    def check(terminal: bool) -> None:
+        _check_terminal(args, terminal, detached)
+
+    return check
+
+
+async def _create_in_guest(paths: SandboxPaths, bundle: Path) -> None:
+    from cocoon.service.client import ServiceClient
+
+    client = await ServiceClient.connect(paths)
+    try:
+        await client.create(paths.id, str(bundle))
+    finally:
+        await client.close()
+
+
+async def _register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
+    from cocoon.service.client import ServiceClient
+
+    client = await ServiceClient.connect(paths)
+    try:
+        await client.register_process(paths.id, exec_id, pid)
+    finally:
+        await client.close()
+
+
+def _destroy(paths: SandboxPaths) -> None:
+    """Tear a half-made sandbox down: ask the service, then make sure."""
+    from cocoon.procutil import alive
+    from cocoon.service import persist
+    from cocoon.service.launch import force_cleanup, wait_service_exit
+
+    async def shutdown() -> None:
+        from cocoon.service.client import ServiceClient
+
+        try:
+            client = await ServiceClient.connect(paths)
+        except CocoonError:
+            return
+        try:
+            await client.shutdown()
+        except CocoonError:
+            pass
+        finally:
+            await client.close()
+
+    with contextlib.suppress(CocoonError):
+        st = persist.load(paths)
+        if alive(st.service_pid):
+            asyncio.run(shutdown())
+            wait_service_exit(None, st.service_pid, 15)
+    force_cleanup(paths)
+
+
+def write_pid_file(path: str | None, pid: int) -> None:
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(str(pid))
+    os.replace(tmp, target)
+
+
+def create(args: argparse.Namespace, reporter: Reporter) -> int:
+    from cocoon.cli import stub
+
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id):
+        paths, bundle, _, _ = _start_sandbox(args, reporter, detached=True)
+        try:
+            pid = stub.spawn(paths, paths.id, "", args.console_socket, args.log,
+                             args.log_format)
+            asyncio.run(_register(paths, "", pid))
+            write_pid_file(args.pid_file, pid)
+        except BaseException:
+            _destroy(paths)
+            raise
+    return 0
+
+
+def start(args: argparse.Namespace, reporter: Reporter) -> int:
+    from cocoon.service import persist
+
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id):
+        st = persist.load(paths)
+        spec = _spec(Path(st.bundle))
+        status, pid = asyncio.run(_status(paths))
+        if status != "created":
+            raise FailedPrecondition(f"cannot start container {paths.id!r}: it is {status}")
+        state = oci_state(paths, status, pid, st.bundle, st.annotations)
+        run_hooks("startContainer", spec, state, True, reporter)
+        asyncio.run(_start(paths))
+        state["status"] = "running"
+        run_hooks("poststart", spec, state, False, reporter)
+    return 0
+
+
+async def _status(paths: SandboxPaths) -> tuple[str, int]:
+    from cocoon.service.client import ServiceClient
+
+    client = await ServiceClient.connect(paths)
+    try:
+        st = await client.state(paths.id)
+        return st.status, st.pid
+    finally:
+        await client.close()
+
+
+async def _start(paths: SandboxPaths) -> None:
+    from cocoon.service.client import ServiceClient
+
+    client = await ServiceClient.connect(paths)
+    try:
+        await client.start(paths.id)
+    finally:
+        await client.close()
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    if args.detach:
+        create(args, reporter)
+        start(args, reporter)
+        return 0
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id):
+        paths, bundle, service, spec = _start_sandbox(args, reporter, detached=False)
+    try:
+        return asyncio.run(_foreground(args, reporter, paths, bundle, spec))
+    finally:
+        with container_lock(paths.root, paths.id):
+            _destroy(paths)
+            state = oci_state(paths, "stopped", 0, str(bundle), spec.get("annotations") or {})
+            with contextlib.suppress(CocoonError):
+                run_hooks("poststop", spec, state, False, reporter)
+            remove_lock(paths.root, paths.id)
+
+
+async def _foreground(
+    args: argparse.Namespace, reporter: Reporter, paths: SandboxPaths, bundle: Path,
+    spec: dict[str, Any],
+) -> int:
+    """Run with our own stdio, signals forwarded; our exit status is the container's."""
+    from cocoon.cli.stub import open_terminal, winsize
+    from cocoon.service.client import ServiceClient, dup_stdio, send_stdio
+
+    client = await ServiceClient.connect(paths)
+    saved_tty = None
+    terminal = bool(spec.get("process", {}).get("terminal", False))
+    try:
+        if terminal and args.console_socket:
+            slave = open_terminal(args.console_socket)
+            send_stdio(paths, paths.id, "", {"stdin": os.dup(slave), "stdout": slave})
+        else:
+            send_stdio(paths, paths.id, "", dup_stdio())
+            if terminal and os.isatty(0):
+                saved_tty = termios.tcgetattr(0)
+                tty.setraw(0)
+        await client.register_process(paths.id, "", os.getpid())
+        write_pid_file(args.pid_file, os.getpid())
+        state = oci_state(paths, "created", os.getpid(), str(bundle),
+                          spec.get("annotations") or {})
+        run_hooks("startContainer", spec, state, True, reporter)
+        await client.start(paths.id)
+        state["status"] = "running"
+        run_hooks("poststart", spec, state, False, reporter)
+        loop = asyncio.get_running_loop()
+        for sig in FOREGROUND_SIGNALS:
+            loop.add_signal_handler(sig, _forward, client, paths.id, sig)
+        if terminal and saved_tty is not None:
+            rows, cols = winsize(0)
+            await client.resize(paths.id, "", rows, cols)
+        resp = await client.wait(paths.id)
+        if resp.timings:
+            reporter.debug("timings " + " ".join(f"{k}={v:.3f}" for k, v in resp.timings.items()))
+        if resp.error:
+            raise CocoonError(resp.error)
+        return resp.status
+    finally:
+        if saved_tty is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+        await client.close()
+        sys.stdout.flush()
+
+
+def _forward(client: object, cid: str, sig: int) -> None:
+    from cocoon.service.client import ServiceClient
+
+    assert isinstance(client, ServiceClient)
+    task = asyncio.get_running_loop().create_task(client.kill(cid, int(sig)))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
