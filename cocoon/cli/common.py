@@ -60,6 +60,9 @@ def prepare_sandbox(
     bundle = load_bundle(args.bundle)
     check_terminal(bundle.terminal)
     settings = from_environment()
+    from cocoon.service.hostcg import plan_for
+
+    plan_for(bundle.spec, paths.id, settings.memory_mib, settings.host_overhead_mib)
     assets = locate(assets_dir(args.assets_dir))
     paths.check_socket_lengths()
     if paths.dir.exists():
@@ -74,6 +77,7 @@ def prepare_sandbox(
         paths.dir.mkdir(mode=0o700)
     except FileExistsError:
         raise AlreadyExists(f"container {paths.id!r} already exists") from None
+    paths.make_sock_dir()
     state = persist.SandboxState(
         id=paths.id,
         bundle=str(bundle.path),

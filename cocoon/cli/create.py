@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cocoon.cli.common import paths_for, prepare_sandbox
-from cocoon.cli.lock import container_lock, remove_lock
+from cocoon.cli.lock import container_lock, drop_if_unused, remove_lock
 from cocoon.cli.output import Reporter
 from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument
 from cocoon.service.persist import SandboxPaths
@@ -85,14 +85,23 @@ def _start_sandbox(
     try:
         service = spawn_service(paths, args.debug)
         asyncio.run(_create_in_guest(paths, bundle))
-        state = oci_state(paths, "creating", 0, str(bundle), spec.get("annotations") or {})
-        run_hooks("prestart", spec, state, True, reporter)
-        run_hooks("createRuntime", spec, state, True, reporter)
-        run_hooks("createContainer", spec, state, True, reporter)
     except BaseException:
         _destroy(paths)
         raise
     return paths, bundle, service, spec
+
+
+def create_hooks(paths: SandboxPaths, bundle: Path, spec: dict[str, Any], pid: int,
+                 reporter: Reporter) -> None:
+    """createRuntime (after prestart, which it includes) and createContainer, on the host."""
+    state = oci_state(paths, "created", pid, str(bundle), spec.get("annotations") or {})
+    run_hooks("createRuntime", spec, state, True, reporter)
+    run_hooks("createContainer", spec, state, True, reporter)
+
+
+def wants_new_netns(spec: dict[str, Any]) -> bool:
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces)
 
 
 def _check_terminal_for(args: argparse.Namespace, detached: bool) -> Any:
@@ -117,7 +126,7 @@ async def _register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
 
     client = await ServiceClient.connect(paths)
     try:
-        await client.register_process(paths.id, exec_id, pid)
+        await client.register_process(paths.id, exec_id, pid, join_cgroup=True)
     finally:
         await client.close()
 
@@ -163,15 +172,22 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
     from cocoon.cli import stub
 
     paths = paths_for(args, args.id)
-    with container_lock(paths.root, paths.id):
-        paths, bundle, _, _ = _start_sandbox(args, reporter, detached=True)
+    with container_lock(paths.root, paths.id, must_exist=False):
         try:
-            pid = stub.spawn(paths, paths.id, "", args.console_socket, args.log,
-                             args.log_format)
-            asyncio.run(_register(paths, "", pid))
-            write_pid_file(args.pid_file, pid)
+            paths, bundle, _, spec = _start_sandbox(args, reporter, detached=True)
+            try:
+                # The stub exists before the hooks: they get its PID, and its own
+                # network namespace (what a hook such as docker's configures).
+                pid = stub.spawn(paths, paths.id, "", args.console_socket, args.log,
+                                 args.log_format, new_netns=wants_new_netns(spec))
+                asyncio.run(_register(paths, "", pid))
+                create_hooks(paths, bundle, spec, pid, reporter)
+                write_pid_file(args.pid_file, pid)
+            except BaseException:
+                _destroy(paths)
+                raise
         except BaseException:
-            _destroy(paths)
+            drop_if_unused(paths.root, paths.id)
             raise
     return 0
 
@@ -221,8 +237,12 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         start(args, reporter)
         return 0
     paths = paths_for(args, args.id)
-    with container_lock(paths.root, paths.id):
-        paths, bundle, service, spec = _start_sandbox(args, reporter, detached=False)
+    with container_lock(paths.root, paths.id, must_exist=False):
+        try:
+            paths, bundle, service, spec = _start_sandbox(args, reporter, detached=False)
+        except BaseException:
+            drop_if_unused(paths.root, paths.id)
+            raise
     try:
         return asyncio.run(_foreground(args, reporter, paths, bundle, spec))
     finally:
@@ -255,6 +275,7 @@ async def _foreground(
                 saved_tty = termios.tcgetattr(0)
                 tty.setraw(0)
         await client.register_process(paths.id, "", os.getpid())
+        create_hooks(paths, bundle, spec, os.getpid(), reporter)
         write_pid_file(args.pid_file, os.getpid())
         state = oci_state(paths, "created", os.getpid(), str(bundle),
                           spec.get("annotations") or {})

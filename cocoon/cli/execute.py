@@ -70,7 +70,8 @@ def build_process(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
     if not isinstance(proc.get("cwd", "/"), str) or not proc.get("cwd", "/").startswith("/"):
         raise InvalidArgument("exec process: cwd must be an absolute path")
     proc.setdefault("cwd", "/")
-    return proc
+    out: dict[str, Any] = proc
+    return out
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -118,7 +119,7 @@ async def _register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
 
     client = await ServiceClient.connect(paths)
     try:
-        await client.register_process(paths.id, exec_id, pid)
+        await client.register_process(paths.id, exec_id, pid, join_cgroup=True)
     finally:
         await client.close()
 

@@ -17,7 +17,12 @@ _held: list[int] = []
 
 
 @contextlib.contextmanager
-def container_lock(root: Path, cid: str) -> Iterator[None]:
+def container_lock(root: Path, cid: str, must_exist: bool = True) -> Iterator[None]:
+    """Hold the lock of ``cid``; raises NotFound first if it must exist and does not."""
+    if must_exist and not (root / cid).is_dir():
+        from cocoon.errors import NotFound
+
+        raise NotFound(f"container {cid!r} does not exist")
     locks = root / ".locks"
     locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(locks / cid, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -28,6 +33,12 @@ def container_lock(root: Path, cid: str) -> Iterator[None]:
     finally:
         _held.remove(fd)
         os.close(fd)
+
+
+def drop_if_unused(root: Path, cid: str) -> None:
+    """After a failed create: no container of that ID exists, so drop its lock file."""
+    if not (root / cid).exists():
+        remove_lock(root, cid)
 
 
 def remove_lock(root: Path, cid: str) -> None:

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             raise InvalidArgument("--systemd-cgroup is not supported: Cocoon uses cgroupfs")
         module = import_module(_VERBS[args.verb])
-        entry = getattr(module, args.verb, None) if args.verb in _OWN_ENTRY else module.run
+        entry = getattr(module, args.verb) if args.verb in _OWN_ENTRY else module.run
         rc: int = entry(args, reporter)
         return rc
     except CocoonError as exc:

@@ -22,7 +22,8 @@ class Reporter:
         self.debug_enabled = debug
 
     def _emit(self, level: str, msg: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        # RFC 3339, as containerd's shim parses it (Go's time.RFC3339).
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.json:
             line = json.dumps({"level": level, "msg": msg, "time": stamp})
         else:

@@ -74,7 +74,7 @@ def open_terminal(console_socket: str) -> int:
 
 def spawn(
     paths: SandboxPaths, cid: str, exec_id: str, console_socket: str | None,
-    log: str | None, log_format: str,
+    log: str | None, log_format: str, new_netns: bool = False,
 ) -> int:
     """Double-fork the stub; return its PID once it holds and has handed over the stdio.
 
@@ -89,8 +89,16 @@ def spawn(
             close_inherited()
             os.close(r)
             os.setsid()
+            # The stub is PID 1 of a PID namespace of its own: an engine that looks
+            # at "the container's" processes through it (podman top) sees the stub,
+            # not the whole host.
+            _unshare(CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
+                if new_netns:
+                    # Hooks get the stub's PID and some configure its network
+                    # namespace (docker's libnetwork-setkey): never the host's.
+                    _unshare(CLONE_NEWNET)
                 _stub_main(paths, cid, exec_id, console_socket, w, log, log_format)
             os.write(w, f"pid {pid}\n".encode())
         finally:
@@ -104,6 +112,17 @@ def spawn(
         err = next((ln[6:] for ln in lines if ln.startswith("error:")), "the stub failed")
         raise CocoonError(err)
     return pid
+
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+
+
+def _unshare(flag: int) -> None:
+    import ctypes
+
+    if ctypes.CDLL("libc.so.6", use_errno=True).unshare(flag) != 0:
+        os._exit(1)
 
 
 def _stub_main(

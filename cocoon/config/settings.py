@@ -27,6 +27,10 @@ class Settings:
     shared_fs: str = "9p"
     virtiofsd: str = "/usr/lib/qemu/virtiofsd"
     agent_timeout: float = 60.0
+    # Host memory the VMM needs beyond guest RAM (TCG's code buffer is most of
+    # it: ~100 MB measured per VM, plus QEMU itself), added to the host
+    # cgroup's limit.
+    host_overhead_mib: int = 384
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

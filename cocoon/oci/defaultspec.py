@@ -92,9 +92,7 @@ def _to_rootless(spec: dict[str, Any], uid: int, gid: int) -> None:
             )
             continue
         if "options" in mount:
-            mount["options"] = [
-                o for o in mount["options"] if not o.startswith(("gid=", "uid="))
-            ]
+            mount["options"] = [o for o in mount["options"] if not o.startswith(("gid=", "uid="))]
         mounts.append(mount)
     spec["mounts"] = mounts
     del linux["resources"]

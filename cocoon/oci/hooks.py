@@ -46,13 +46,13 @@ def _check_kind(kind: str) -> None:
 def hooks_of(spec: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
     """The hooks of ``kind`` in ``spec``, in the order they must run.
 
-    ``createRuntime`` includes the deprecated ``prestart`` hooks first: the spec runs
-    them at the same point, just before. Asking for ``prestart`` alone is refused
-    (ValueError) so that no caller runs them twice.
+    The deprecated ``prestart`` hooks run at the same point as ``createRuntime``, just
+    before them, so ``createRuntime`` returns them first and ``prestart`` returns
+    nothing: a caller that asks for both still runs each hook once, in spec order.
     """
     _check_kind(kind)
     if kind == "prestart":
-        raise ValueError("prestart hooks run as part of createRuntime: ask for createRuntime")
+        return []
     hooks = spec.get("hooks") or {}
     if not isinstance(hooks, Mapping):
         raise InvalidArgument("hooks must be an object")
@@ -95,8 +95,6 @@ def validate_hook(hook: Mapping[str, Any]) -> None:
 def validate_hooks(spec: Mapping[str, Any]) -> None:
     """Validate every hook in ``spec`` (call at create, before anything runs)."""
     for kind in KINDS:
-        if kind == "prestart":
-            continue  # covered by createRuntime
         for hook in hooks_of(spec, kind):
             validate_hook(hook)
 

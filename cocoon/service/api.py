@@ -90,7 +90,9 @@ class ServiceAPI:
         return s.Empty()
 
     async def RegisterProcess(self, req: s.RegisterProcessRequest) -> s.Empty:
-        self.sandbox.register_process(req.container_id, req.exec_id, req.host_pid)
+        self.sandbox.register_process(
+            req.container_id, req.exec_id, req.host_pid, req.join_cgroup
+        )
         return s.Empty()
 
     async def Exec(self, req: s.ExecRequest) -> s.Empty:

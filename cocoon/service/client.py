@@ -82,9 +82,11 @@ class ServiceClient:
     async def shutdown(self) -> None:
         await self.call("Shutdown", s.Empty(), s.Empty, 60)
 
-    async def register_process(self, cid: str, exec_id: str, host_pid: int) -> None:
-        await self.call("RegisterProcess", s.RegisterProcessRequest(cid, exec_id, host_pid),
-                        s.Empty, 30)
+    async def register_process(
+        self, cid: str, exec_id: str, host_pid: int, join_cgroup: bool = False
+    ) -> None:
+        req = s.RegisterProcessRequest(cid, exec_id, host_pid, join_cgroup)
+        await self.call("RegisterProcess", req, s.Empty, 30)
 
     async def exec(self, cid: str, exec_id: str, process: dict[str, Any], stdin: bool) -> None:
         await self.call("Exec", s.ExecRequest(cid, exec_id, process, stdin), s.Empty, 120)

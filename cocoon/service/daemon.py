@@ -14,12 +14,16 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocoon.assets import GuestAssets
 from cocoon.cli.output import Reporter
 from cocoon.config.settings import Settings
 from cocoon.service import persist
 from cocoon.storage.mounts import private_mount_namespace, umount
+
+if TYPE_CHECKING:
+    from cocoon.service.hostcg import HostCgroup
 
 log = logging.getLogger("cocoon.service")
 IDLE_TIMEOUT = 300.0
@@ -34,10 +38,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     ready = os.fdopen(args.ready_fd, "w")
+    cgroup = None
     try:
         private_mount_namespace()
         state = persist.load(paths)
         state.service_pid = os.getpid()
+        cgroup = _join_cgroup(state)
+        state.cgroup = cgroup.plan.to_dict()
         persist.save(paths, state)
     except Exception as exc:  # noqa: BLE001 - reported to the CLI in one line
         ready.write(f"error: cannot start the sandbox service: {exc}\n")
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         os._exit(1)
     rc = 1
     try:
-        rc = asyncio.run(_main(paths, state, ready))
+        rc = asyncio.run(_main(paths, state, ready, cgroup))
     except BaseException:
         log.exception("sandbox service failed")
     finally:
@@ -54,7 +61,22 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     os._exit(rc)
 
 
-async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready: object) -> int:
+def _join_cgroup(state: persist.SandboxState) -> HostCgroup:
+    import json
+
+    from cocoon.service.hostcg import HostCgroup, plan_for
+
+    spec = json.loads((Path(state.bundle) / "config.json").read_text())
+    settings = Settings.from_dict(state.settings)
+    cg = HostCgroup(plan_for(spec, state.id, settings.memory_mib, settings.host_overhead_mib))
+    cg.join()
+    return cg
+
+
+async def _main(
+    paths: persist.SandboxPaths, state: persist.SandboxState, ready: object,
+    cgroup: HostCgroup | None,
+) -> int:
     from cocoon.service.api import ServiceAPI, StdioSocket
     from cocoon.service.sandbox import Sandbox
     from cocoon.ttrpc.server import Server
@@ -72,6 +94,7 @@ async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, done.set)
+    sandbox.on_host_process = cgroup.add if cgroup is not None else None
     server = Server()
     ServiceAPI(sandbox, done.set).register(server)
     rpc = await server.listen_unix(str(paths.service_sock))
@@ -94,6 +117,8 @@ async def _main(paths: persist.SandboxPaths, state: persist.SandboxState, ready:
     _log_timings(sandbox.timings)
     rpc.close()
     fds.close()
+    if cgroup is not None:
+        cgroup.leave_and_remove()
     _teardown(paths, sandbox.share.shared_dir, sandbox.share.mounts_dir)
     await asyncio.sleep(0.05)  # let the last reply (Delete) reach the caller
     return 0
@@ -110,6 +135,7 @@ def _teardown(paths: persist.SandboxPaths, shared: Path, mounts_dir: Path) -> No
         with contextlib.suppress(OSError):
             umount(str(mp))
     logging.shutdown()
+    paths.remove_sock_dir()
     left = persist.remove_tree(paths.dir)
     if left:
         logging.getLogger("cocoon.service").error("left behind: %s", left)

@@ -72,16 +72,22 @@ def force_cleanup(paths: SandboxPaths) -> list[str]:
     lines still name this sandbox), then removes the state dir; never follows
     a mount. Returns what could not be removed.
     """
+    from cocoon.service.hostcg import remove_recorded
+
     marker = str(paths.dir)
+    cgroup: dict[str, object] = {}
     try:
         st = persist.load(paths)
         pids = [st.service_pid, st.qemu_pid, st.virtiofsd_pid]
+        cgroup = st.cgroup
     except CocoonError:
         pids = []
     for pid in pids:
         if pid and not kill_recorded(pid, marker):
             raise CocoonError(f"cannot kill process {pid} of sandbox {paths.id}")
-    return persist.remove_tree(paths.dir)
+    left = remove_recorded(cgroup)
+    paths.remove_sock_dir()
+    return left + persist.remove_tree(paths.dir)
 
 
 def wait_service_exit(proc: subprocess.Popen[bytes] | None, pid: int, timeout: float) -> bool:

@@ -17,6 +17,10 @@ from typing import Any
 from cocoon.errors import InvalidArgument, NotFound
 
 UNIX_PATH_MAX = 107
+# Where sockets go when the state dir is too deep for a unix socket path
+# (docker: <exec-root>/runtime-runc/moby/<64 hex>), as containerd does with
+# /run/containerd/s/<hash>.
+SHORT_SOCKET_ROOT = Path("/run/cocoon-s")
 
 
 @dataclass(frozen=True)
@@ -31,23 +35,41 @@ class SandboxPaths:
     def _p(self, name: str) -> Path:
         return self.dir / name
 
+    @property
+    def sock_dir(self) -> Path:
+        """The state dir, or a short hashed dir when socket paths would be too long."""
+        if len(str(self.dir / "service.sock")) <= UNIX_PATH_MAX:
+            return self.dir
+        import hashlib
+
+        return SHORT_SOCKET_ROOT / hashlib.sha256(str(self.dir).encode()).hexdigest()[:20]
+
+    def _s(self, name: str) -> Path:
+        return self.sock_dir / name
+
     state = property(lambda self: self._p("state.json"))
-    service_sock = property(lambda self: self._p("service.sock"))
-    stdio_sock = property(lambda self: self._p("stdio.sock"))
-    qmp_sock = property(lambda self: self._p("qmp.sock"))
-    agent_sock = property(lambda self: self._p("agent.sock"))
-    vfs_sock = property(lambda self: self._p("vfs.sock"))
+    service_sock = property(lambda self: self._s("service.sock"))
+    stdio_sock = property(lambda self: self._s("stdio.sock"))
+    qmp_sock = property(lambda self: self._s("qmp.sock"))
+    agent_sock = property(lambda self: self._s("agent.sock"))
+    vfs_sock = property(lambda self: self._s("vfs.sock"))
     console_log = property(lambda self: self._p("console.log"))
     qemu_log = property(lambda self: self._p("qemu.log"))
     service_log = property(lambda self: self._p("service.log"))
     virtiofsd_log = property(lambda self: self._p("virtiofsd.log"))
 
+    def make_sock_dir(self) -> None:
+        if self.sock_dir != self.dir:
+            self.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def remove_sock_dir(self) -> None:
+        if self.sock_dir != self.dir and self.sock_dir.exists():
+            remove_tree(self.sock_dir)
+
     def check_socket_lengths(self) -> None:
-        longest = str(self.dir / "service.sock")
+        longest = str(self.sock_dir / "service.sock")
         if len(longest) > UNIX_PATH_MAX:
-            raise InvalidArgument(
-                f"state dir {self.dir} is too long for unix sockets; use a shorter --root"
-            )
+            raise InvalidArgument(f"socket dir {self.sock_dir} is too long for unix sockets")
 
 
 @dataclass
@@ -64,6 +86,7 @@ class SandboxState:
     annotations: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, str] = field(default_factory=dict)
+    cgroup: dict[str, Any] = field(default_factory=dict)  # the host cgroup plan
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 from cocoon.agent.client import AgentClient
 from cocoon.assets import GuestAssets
@@ -90,6 +91,9 @@ class Sandbox:
         self.stopped = asyncio.Event()
         self._boot_task: asyncio.Task[None] | None = None
         self.timings: dict[str, float] = {}
+        # Called with each host PID that stands for a guest process (the stubs),
+        # so it joins the VMM's host cgroup.
+        self.on_host_process: Callable[[int], None] | None = None
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -317,9 +321,11 @@ class Sandbox:
         await agent.exec_process(w.ExecProcessRequest(cid, exec_id, process, stdin, terminal))
         ctr.execs[exec_id] = self._track(cid, exec_id)
 
-    def register_process(self, cid: str, exec_id: str, host_pid: int) -> None:
+    def register_process(self, cid: str, exec_id: str, host_pid: int, join: bool) -> None:
         self._process(cid, exec_id)
         self.get(cid).host_pids[exec_id] = host_pid
+        if join and self.on_host_process is not None:
+            self.on_host_process(host_pid)
 
     async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
         self._process(cid, exec_id)
@@ -353,7 +359,7 @@ class Sandbox:
     async def ps(self, cid: str) -> tuple[list[int], list[w.ProcessInfo]]:
         ctr = self.get(cid)
         if ctr.status == "stopped":
-            return [], []
+            raise FailedPrecondition(f"container {cid!r} is not running")
         agent = await self.ready()
         return sorted(set(ctr.host_pids.values())), await agent.list_processes(cid)
 

@@ -70,6 +70,7 @@ class RegisterProcessRequest:
     container_id: str
     exec_id: str
     host_pid: int
+    join_cgroup: bool = False  # stubs join the VMM's host cgroup; a foreground CLI does not
 
 
 @dataclass

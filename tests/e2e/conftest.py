@@ -109,7 +109,10 @@ class Env:
                 if str(self.root) in line.split()[4]:
                     found.append(f"mount {line.split()[4]}")
         if self.root.exists():
-            found += [f"state {p}" for p in self.root.iterdir()]
+            found += [f"state {p}" for p in self.root.iterdir() if p.name != ".locks"]
+            locks = self.root / ".locks"
+            if locks.exists():
+                found += [f"lock {p}" for p in locks.iterdir()]
         return found
 
 

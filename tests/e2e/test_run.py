@@ -177,6 +177,7 @@ def test_existing_id(env: Env) -> None:
         env.run("run", "--bundle", str(env.bundle(["true"])), "taken"), "already exists"
     )
     (env.root / "taken").rmdir()
+    (env.root / ".locks" / "taken").unlink()
 
 
 def test_missing_assets(env: Env, tmp_path: Path) -> None:

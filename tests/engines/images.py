@@ -48,9 +48,7 @@ def _sha256(path: Path) -> str:
 
 
 def _run(argv: list[str]) -> None:
-    subprocess.run(
-        argv, check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT
-    )
+    subprocess.run(argv, check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT)
 
 
 def _blob(blobs: Path, data: bytes) -> tuple[str, int]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cocoon.errors import InvalidArgument, NotFound
+from cocoon.errors import NotFound
 from cocoon.service import persist
 
 
@@ -27,9 +27,16 @@ def test_missing_state_is_not_found(tmp_path: Path) -> None:
         persist.load(persist.SandboxPaths(tmp_path, "nope"))
 
 
-def test_socket_path_length_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="too long"):
-        persist.SandboxPaths(tmp_path / ("x" * 100), "c").check_socket_lengths()
+def test_deep_state_dirs_get_short_socket_dirs(tmp_path: Path) -> None:
+    shallow = persist.SandboxPaths(tmp_path, "c")
+    assert shallow.sock_dir == shallow.dir
+    deep = persist.SandboxPaths(tmp_path / ("x" * 60), "f" * 64)  # docker's ids
+    assert deep.sock_dir.parent == persist.SHORT_SOCKET_ROOT
+    assert len(str(deep.service_sock)) <= persist.UNIX_PATH_MAX
+    assert deep.sock_dir == persist.SandboxPaths(tmp_path / ("x" * 60), "f" * 64).sock_dir
+    assert deep.state.parent == deep.dir
+    deep.check_socket_lengths()
+
 
 
 def test_remove_tree_removes_files_and_dirs(tmp_path: Path) -> None:

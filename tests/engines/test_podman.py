@@ -1,0 +1,116 @@
+"""podman 4.3 (via conmon) driving the runtime under test: ``podman --runtime <path>``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.engines.conftest import Podman, PtySession, check, describe, wait_for
+
+IMG = "localhost/busybox:latest"
+NONET = ("--network", "none")
+
+
+def test_run_rm_output_and_exit_code(
+    podman: Podman, runtime: str, cname: Callable[[], str]
+) -> None:
+    name = cname()
+    p = podman(
+        "run",
+        "--rm",
+        *NONET,
+        "--name",
+        name,
+        IMG,
+        "sh",
+        "-c",
+        "echo out-$((6*7)); echo err-1 >&2; exit 7",
+        runtime=runtime,
+    )
+    assert p.returncode == 7, describe(p)
+    assert "out-42" in p.stdout, describe(p)
+    assert "err-1" in p.stderr, describe(p)
+    assert name not in podman.leftovers()
+
+
+def test_detached_exec_stop_rm(podman: Podman, runtime: str, cname: Callable[[], str]) -> None:
+    name = cname()
+    check(podman("run", "-d", *NONET, "--name", name, IMG, "sleep", "1000", runtime=runtime))
+    assert podman.status(name) == "running"
+
+    p = check(podman("exec", name, "sh", "-c", "echo exec-$((2+3))", runtime=runtime))
+    assert p.stdout.strip() == "exec-5", describe(p)
+    p = podman("exec", name, "sh", "-c", "exit 5", runtime=runtime)
+    assert p.returncode == 5, describe(p)
+
+    # sleep is PID 1 and has no TERM handler: stop falls back to SIGKILL after 2 s.
+    check(podman("stop", "-t", "2", name, runtime=runtime))
+    assert podman.status(name) == "exited"
+    code = check(podman("inspect", "--format", "{{.State.ExitCode}}", name)).stdout.strip()
+    assert code in ("137", "143"), code
+    check(podman("rm", name, runtime=runtime))
+    assert name not in podman.leftovers()
+
+
+def test_kill_signal(podman: Podman, runtime: str, cname: Callable[[], str]) -> None:
+    name = cname()
+    script = 'trap "echo got-usr1" USR1; echo ready; while :; do sleep 1; done'
+    check(podman("run", "-d", *NONET, "--name", name, IMG, "sh", "-c", script, runtime=runtime))
+
+    def logs() -> str:
+        p = podman("logs", name)
+        return p.stdout + p.stderr
+
+    wait_for("container to print ready", lambda: "ready" in logs())
+    check(podman("kill", "-s", "USR1", name, runtime=runtime))
+    wait_for("the USR1 trap to run", lambda: "got-usr1" in logs())
+    assert podman.status(name) == "running"
+
+    check(podman("kill", name, runtime=runtime))  # podman's default is SIGKILL
+    p = check(podman("wait", name, runtime=runtime))
+    assert p.stdout.strip() == "137", describe(p)
+    check(podman("rm", name, runtime=runtime))
+
+
+def test_interactive_tty(
+    podman: Podman,
+    runtime: str,
+    cname: Callable[[], str],
+    spawn_pty: Callable[..., PtySession],
+) -> None:
+    name = cname()
+    s = spawn_pty(
+        podman.argv("run", "-it", "--rm", *NONET, "--name", name, IMG, "/bin/sh", runtime=runtime),
+        env=podman.env,
+    )
+    s.expect("# ")  # busybox sh prompt for root
+    s.send("echo hi-$((1+1))\r")
+    s.expect("hi-2")
+    s.send("tty\r")
+    s.expect("/dev/pts/")
+    s.send("exit 3\r")
+    assert s.wait() == 3, s.output
+
+
+def test_pause_unpause(podman: Podman, runtime: str, cname: Callable[[], str]) -> None:
+    name = cname()
+    check(podman("run", "-d", *NONET, "--name", name, IMG, "sleep", "1000", runtime=runtime))
+    check(podman("pause", name, runtime=runtime))
+    assert podman.status(name) == "paused"
+    check(podman("unpause", name, runtime=runtime))
+    assert podman.status(name) == "running"
+    p = check(podman("exec", name, "echo", "alive", runtime=runtime))
+    assert p.stdout.strip() == "alive"
+    check(podman("rm", "-f", "-t", "0", name, runtime=runtime))
+
+
+def test_top(podman: Podman, runtime: str, cname: Callable[[], str]) -> None:
+    """podman top reads /proc of the container's PID itself (no runtime call)."""
+    name = cname()
+    check(podman("run", "-d", *NONET, "--name", name, IMG, "sleep", "1000", runtime=runtime))
+    p = podman("top", name, "pid", "comm", "args", runtime=runtime)
+    print(describe(p))  # recorded for the report: what top sees with this runtime
+    check(p)
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["PID", "COMMAND"], describe(p)
+    assert len(lines) >= 2, describe(p)
+    check(podman("rm", "-f", "-t", "0", name, runtime=runtime))
