@@ -138,3 +138,7 @@ class AgentClient:
     async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
         req = w.UpdateContainerRequest(cid, resources)
         await self.call("UpdateContainer", req, w.Empty, DEFAULT_TIMEOUT)
+
+    async def stats(self, cid: str) -> w.StatsResponse:
+        req = w.ContainerRequest(cid)
+        return await self.call("StatsContainer", req, w.StatsResponse, DEFAULT_TIMEOUT)

@@ -28,18 +28,32 @@ from cocoon.cli.output import Reporter
 from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument
 from cocoon.service.persist import SandboxPaths
 
-FOREGROUND_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                      signal.SIGUSR1, signal.SIGUSR2)
+FOREGROUND_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
-def oci_state(paths: SandboxPaths, status: str, pid: int, bundle: str,
-              annotations: dict[str, str]) -> dict[str, Any]:
-    return {"ociVersion": "1.0.2", "id": paths.id, "status": status, "pid": pid,
-            "bundle": bundle, "annotations": annotations}
+def oci_state(
+    paths: SandboxPaths, status: str, pid: int, bundle: str, annotations: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "ociVersion": "1.0.2",
+        "id": paths.id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": annotations,
+    }
 
 
-def run_hooks(kind: str, spec: dict[str, Any], state: dict[str, Any], fatal: bool,
-              reporter: Reporter) -> None:
+def run_hooks(
+    kind: str, spec: dict[str, Any], state: dict[str, Any], fatal: bool, reporter: Reporter
+) -> None:
     if not spec.get("hooks"):
         return  # the common case: no import, no work
     from cocoon.oci.hooks import hooks_of
@@ -91,8 +105,9 @@ def _start_sandbox(
     return paths, bundle, service, spec
 
 
-def create_hooks(paths: SandboxPaths, bundle: Path, spec: dict[str, Any], pid: int,
-                 reporter: Reporter) -> None:
+def create_hooks(
+    paths: SandboxPaths, bundle: Path, spec: dict[str, Any], pid: int, reporter: Reporter
+) -> None:
     """createRuntime (after prestart, which it includes) and createContainer, on the host."""
     state = oci_state(paths, "created", pid, str(bundle), spec.get("annotations") or {})
     run_hooks("createRuntime", spec, state, True, reporter)
@@ -178,8 +193,15 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
             try:
                 # The stub exists before the hooks: they get its PID, and its own
                 # network namespace (what a hook such as docker's configures).
-                pid = stub.spawn(paths, paths.id, "", args.console_socket, args.log,
-                                 args.log_format, new_netns=wants_new_netns(spec))
+                pid = stub.spawn(
+                    paths,
+                    paths.id,
+                    "",
+                    args.console_socket,
+                    args.log,
+                    args.log_format,
+                    new_netns=wants_new_netns(spec),
+                )
                 asyncio.run(_register(paths, "", pid))
                 create_hooks(paths, bundle, spec, pid, reporter)
                 write_pid_file(args.pid_file, pid)
@@ -255,7 +277,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 async def _foreground(
-    args: argparse.Namespace, reporter: Reporter, paths: SandboxPaths, bundle: Path,
+    args: argparse.Namespace,
+    reporter: Reporter,
+    paths: SandboxPaths,
+    bundle: Path,
     spec: dict[str, Any],
 ) -> int:
     """Run with our own stdio, signals forwarded; our exit status is the container's."""
@@ -277,8 +302,7 @@ async def _foreground(
         await client.register_process(paths.id, "", os.getpid())
         create_hooks(paths, bundle, spec, os.getpid(), reporter)
         write_pid_file(args.pid_file, os.getpid())
-        state = oci_state(paths, "created", os.getpid(), str(bundle),
-                          spec.get("annotations") or {})
+        state = oci_state(paths, "created", os.getpid(), str(bundle), spec.get("annotations") or {})
         run_hooks("startContainer", spec, state, True, reporter)
         await client.start(paths.id)
         state["status"] = "running"

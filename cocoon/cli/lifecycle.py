@@ -29,8 +29,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         return _list(args)
     paths = paths_for(args, args.id)
     handler: Callable[[argparse.Namespace, persist.SandboxPaths, Reporter], int] = {
-        "state": _state, "kill": _kill, "delete": _delete, "pause": _pause,
-        "resume": _resume, "ps": _ps, "update": _update,
+        "state": _state,
+        "kill": _kill,
+        "delete": _delete,
+        "pause": _pause,
+        "resume": _resume,
+        "ps": _ps,
+        "update": _update,
     }[args.verb]
     return handler(args, paths, reporter)
 
@@ -73,8 +78,15 @@ def state_json(paths: persist.SandboxPaths, st: persist.SandboxState) -> dict[st
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return {
-        "ociVersion": "1.0.2", "id": st.id, "pid": pid, "status": status, "bundle": st.bundle,
-        "rootfs": spec_root, "created": st.created, "owner": "", "annotations": st.annotations,
+        "ociVersion": "1.0.2",
+        "id": st.id,
+        "pid": pid,
+        "status": status,
+        "bundle": st.bundle,
+        "rootfs": spec_root,
+        "created": st.created,
+        "owner": "",
+        "annotations": st.annotations,
     }
 
 
@@ -188,8 +200,11 @@ def resources_from_args(args: argparse.Namespace, stdin: Any = None) -> dict[str
     res: dict[str, Any] = {}
     if args.resources:
         try:
-            text = (stdin or sys.stdin).read() if args.resources == "-" else Path(
-                args.resources).read_text()
+            text = (
+                (stdin or sys.stdin).read()
+                if args.resources == "-"
+                else Path(args.resources).read_text()
+            )
             res = json.loads(text)
         except OSError as exc:
             raise InvalidArgument(f"cannot read --resources {args.resources}", exc) from exc
@@ -241,6 +256,8 @@ def _list(args: argparse.Namespace) -> int:
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for r in rows:
-            print(f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
-                  f"{r['created']:<32}{r['owner'] or 'root'}")
+            print(
+                f"{r['id']:<20}{r['pid']:<10}{r['status']:<10}{r['bundle']:<40}"
+                f"{r['created']:<32}{r['owner'] or 'root'}"
+            )
     return 0

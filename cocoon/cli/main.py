@@ -25,6 +25,7 @@ _VERBS = {
     "resume": "cocoon.cli.lifecycle",
     "ps": "cocoon.cli.lifecycle",
     "update": "cocoon.cli.lifecycle",
+    "events": "cocoon.cli.events",
     "features": "cocoon.cli.info",
     "spec": "cocoon.cli.info",
     "check": "cocoon.cli.check",

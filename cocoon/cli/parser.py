@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log debug detail")
     p.add_argument("--assets-dir", help="guest asset cache (default /var/lib/cocoon/assets)")
     p.add_argument("--systemd-cgroup", action="store_true", help="not supported (no systemd)")
-    p.add_argument("--rootless", default="false", choices=["true", "false", "auto"],
-                   help="accepted: false|auto (Cocoon runs as root)")
+    p.add_argument(
+        "--rootless",
+        default="false",
+        choices=["true", "false", "auto"],
+        help="accepted: false|auto (Cocoon runs as root)",
+    )
     p.add_argument("-v", "--version", action="store_true", help="print the version")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
 
@@ -101,12 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("update", help="update a container's resource limits")
     up.add_argument("-r", "--resources", help="LinuxResources JSON file, or - for stdin")
-    for flag in ("blkio-weight", "cpu-period", "cpu-quota", "cpu-share", "cpu-rt-period",
-                 "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems", "memory",
-                 "memory-reservation", "memory-swap", "pids-limit", "kernel-memory",
-                 "kernel-memory-tcp", "l3-cache-schema", "mem-bw-schema"):
+    for flag in (
+        "blkio-weight",
+        "cpu-period",
+        "cpu-quota",
+        "cpu-share",
+        "cpu-rt-period",
+        "cpu-rt-runtime",
+        "cpuset-cpus",
+        "cpuset-mems",
+        "memory",
+        "memory-reservation",
+        "memory-swap",
+        "pids-limit",
+        "kernel-memory",
+        "kernel-memory-tcp",
+        "l3-cache-schema",
+        "mem-bw-schema",
+    ):
         up.add_argument(f"--{flag}")
     up.add_argument("id")
+
+    ev = sub.add_parser("events", help="stream stats and OOM events as JSON lines")
+    ev.add_argument("--stats", action="store_true", help="print one stats event and exit")
+    ev.add_argument("--interval", default="5s", help="stats interval (Go duration, e.g. 5s)")
+    ev.add_argument("id")
 
     sub.add_parser("features", help="print the OCI features document")
 

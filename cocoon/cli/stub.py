@@ -28,9 +28,20 @@ from cocoon.errors import CocoonError, InvalidArgument
 from cocoon.service.persist import SandboxPaths
 
 FORWARDED = tuple(
-    s for s in signal.Signals
-    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGWINCH,
-                 signal.SIGPIPE, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP, signal.SIGCONT)
+    s
+    for s in signal.Signals
+    if s
+    not in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGCHLD,
+        signal.SIGWINCH,
+        signal.SIGPIPE,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGTSTP,
+        signal.SIGCONT,
+    )
 )
 LOST_STATUS = 255
 
@@ -73,8 +84,13 @@ def open_terminal(console_socket: str) -> int:
 
 
 def spawn(
-    paths: SandboxPaths, cid: str, exec_id: str, console_socket: str | None,
-    log: str | None, log_format: str, new_netns: bool = False,
+    paths: SandboxPaths,
+    cid: str,
+    exec_id: str,
+    console_socket: str | None,
+    log: str | None,
+    log_format: str,
+    new_netns: bool = False,
 ) -> int:
     """Double-fork the stub; return its PID once it holds and has handed over the stdio.
 
@@ -126,8 +142,13 @@ def _unshare(flag: int) -> None:
 
 
 def _stub_main(
-    paths: SandboxPaths, cid: str, exec_id: str, console_socket: str | None, ready: int,
-    log: str | None, log_format: str,
+    paths: SandboxPaths,
+    cid: str,
+    exec_id: str,
+    console_socket: str | None,
+    ready: int,
+    log: str | None,
+    log_format: str,
 ) -> None:
     from cocoon.service.client import dup_stdio, send_stdio
 
@@ -163,7 +184,11 @@ def _stub_main(
 
 
 async def _supervise(
-    paths: SandboxPaths, cid: str, exec_id: str, slave: int | None, log: str | None,
+    paths: SandboxPaths,
+    cid: str,
+    exec_id: str,
+    slave: int | None,
+    log: str | None,
     log_format: str,
 ) -> int:
     from cocoon.service.client import ServiceClient

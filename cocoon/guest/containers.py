@@ -318,6 +318,10 @@ class ContainerManager:
             json.dump(resources, fh)
         await self._crun_ok("update", "--resources", path, cid)
 
+    def cgroup_dir(self, cid: str) -> str:
+        self.get(cid)
+        return f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}"
+
     async def signal(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
         ctr = self.get(cid)
         proc = ctr.process(exec_id)

@@ -135,6 +135,11 @@ class AgentService:
         await self.containers.update(req.container_id, req.resources)
         return w.Empty()
 
+    async def StatsContainer(self, req: w.ContainerRequest) -> w.StatsResponse:
+        from cocoon.guest.stats import read_stats
+
+        return read_stats(self.containers.cgroup_dir(req.container_id))
+
     # -- wiring ----------------------------------------------------------------
     def register(self, server: Server) -> None:
         for name, (req_type, _resp_type) in w.METHODS.items():

@@ -65,7 +65,12 @@ class ServiceAPI:
         ctr = self.sandbox.get(req.container_id)
         pid = ctr.host_pids.get("", 0)
         return s.ContainerStatus(
-            ctr.id, ctr.status, pid, str(ctr.bundle), "", ctr.annotations,
+            ctr.id,
+            ctr.status,
+            pid,
+            str(ctr.bundle),
+            "",
+            ctr.annotations,
             self.sandbox.exit_status(ctr.id),
         )
 
@@ -90,9 +95,7 @@ class ServiceAPI:
         return s.Empty()
 
     async def RegisterProcess(self, req: s.RegisterProcessRequest) -> s.Empty:
-        self.sandbox.register_process(
-            req.container_id, req.exec_id, req.host_pid, req.join_cgroup
-        )
+        self.sandbox.register_process(req.container_id, req.exec_id, req.host_pid, req.join_cgroup)
         return s.Empty()
 
     async def Exec(self, req: s.ExecRequest) -> s.Empty:
@@ -118,6 +121,9 @@ class ServiceAPI:
     async def Ps(self, req: s.ContainerRef) -> s.PsResponse:
         host, guest = await self.sandbox.ps(req.container_id)
         return s.PsResponse(host, [s.GuestProcess(p.pid, p.args) for p in guest])
+
+    async def Stats(self, req: s.ContainerRef) -> Any:
+        return await self.sandbox.stats(req.container_id)
 
     async def Shutdown(self, _: s.Empty) -> s.Empty:
         await self.sandbox.shutdown()

@@ -19,6 +19,7 @@ from cocoon.service.persist import SandboxPaths
 from cocoon.ttrpc.client import Client
 from cocoon.ttrpc.status import Code, ConnectionLost, RPCError
 from cocoon.ttrpc.transport import connect_unix
+from cocoon.wire import agent as agent_w
 from cocoon.wire import codec
 from cocoon.wire import service as s
 
@@ -102,6 +103,9 @@ class ServiceClient:
 
     async def update(self, cid: str, resources: dict[str, Any]) -> None:
         await self.call("Update", s.UpdateRequest(cid, resources), s.Empty, 60)
+
+    async def stats(self, cid: str) -> agent_w.StatsResponse:
+        return await self.call("Stats", s.ContainerRef(cid), agent_w.StatsResponse, 30)
 
     async def ps(self, cid: str) -> s.PsResponse:
         return await self.call("Ps", s.ContainerRef(cid), s.PsResponse, 30)

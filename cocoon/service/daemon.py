@@ -74,7 +74,9 @@ def _join_cgroup(state: persist.SandboxState) -> HostCgroup:
 
 
 async def _main(
-    paths: persist.SandboxPaths, state: persist.SandboxState, ready: object,
+    paths: persist.SandboxPaths,
+    state: persist.SandboxState,
+    ready: object,
     cgroup: HostCgroup | None,
 ) -> int:
     from cocoon.service.api import ServiceAPI, StdioSocket

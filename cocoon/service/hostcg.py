@@ -30,7 +30,10 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
     cgroups_path = linux.get("cgroupsPath") or None
     shares = ((linux.get("resources") or {}).get("cpu") or {}).get("shares")
     plan = hc.plan_from_spec(
-        cgroups_path, cid, memory_mib, overhead_mib,
+        cgroups_path,
+        cid,
+        memory_mib,
+        overhead_mib,
         cpu_shares=shares if isinstance(shares, int) and shares > 0 else None,
         default_parent=DEFAULT_PARENT,
     )

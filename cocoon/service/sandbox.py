@@ -15,10 +15,10 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from cocoon.agent.client import AgentClient
 from cocoon.assets import GuestAssets
@@ -362,6 +362,13 @@ class Sandbox:
             raise FailedPrecondition(f"container {cid!r} is not running")
         agent = await self.ready()
         return sorted(set(ctr.host_pids.values())), await agent.list_processes(cid)
+
+    async def stats(self, cid: str) -> w.StatsResponse:
+        ctr = self.get(cid)
+        if ctr.status == "stopped":
+            raise FailedPrecondition(f"container {cid!r} is not running")
+        agent = await self.ready()
+        return await agent.stats(cid)
 
     def exit_status(self, cid: str) -> int:
         init = self.get(cid).init

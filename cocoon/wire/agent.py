@@ -144,6 +144,25 @@ class UpdateContainerRequest:
     resources: dict[str, Any]  # OCI LinuxResources, applied to the guest cgroup
 
 
+@dataclass
+class StatsResponse:
+    """The container's guest cgroup (v2) counters, as read from its files."""
+
+    cpu_usage_usec: int = 0
+    cpu_user_usec: int = 0
+    cpu_system_usec: int = 0
+    cpu_throttled_usec: int = 0
+    cpu_nr_throttled: int = 0
+    memory_current: int = 0
+    memory_max: int = 0  # 0: no limit
+    memory_peak: int = 0
+    memory_stat: dict[str, int] = field(default_factory=dict)
+    memory_events: dict[str, int] = field(default_factory=dict)
+    pids_current: int = 0
+    pids_max: int = 0  # 0: no limit
+    io_stat: dict[str, dict[str, int]] = field(default_factory=dict)  # "maj:min" → counters
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Check": (Empty, CheckResponse),
     "CreateSandbox": (CreateSandboxRequest, Empty),
@@ -163,4 +182,5 @@ METHODS: dict[str, tuple[type, type]] = {
     "PauseContainer": (ContainerRequest, Empty),
     "ResumeContainer": (ContainerRequest, Empty),
     "UpdateContainer": (UpdateContainerRequest, Empty),
+    "StatsContainer": (ContainerRequest, StatsResponse),
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cocoon.wire import agent
+
 SERVICE = "cocoon.service.v1.Sandbox"
 
 
@@ -122,4 +124,5 @@ METHODS: dict[str, tuple[type, type]] = {
     "Resume": (ContainerRef, Empty),
     "Update": (UpdateRequest, Empty),
     "Ps": (ContainerRef, PsResponse),
+    "Stats": (ContainerRef, agent.StatsResponse),
 }

@@ -44,9 +44,17 @@ def test_lifecycle_with_a_subreaper_like_conmon(env: Env) -> None:
     pidfile, out, status = env.work / "init.pid", env.work / "out", env.work / "status"
     with open(out, "wb") as fh:
         reaper = subprocess.Popen(
-            [*SUBREAPER, str(status), str(pidfile), "--",
-             *env.argv("create", "--bundle", str(b), "--pid-file", str(pidfile), "c1")],
-            stdin=subprocess.DEVNULL, stdout=fh, stderr=fh)
+            [
+                *SUBREAPER,
+                str(status),
+                str(pidfile),
+                "--",
+                *env.argv("create", "--bundle", str(b), "--pid-file", str(pidfile), "c1"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+        )
     try:
         assert _line(status, 0) == "cmd 0"
         st = wait_status(env, "c1", "created")
@@ -77,12 +85,17 @@ def test_lifecycle_with_a_subreaper_like_conmon(env: Env) -> None:
 
 
 def test_stdio_goes_to_the_creators_fds_and_exec_detach(env: Env) -> None:
-    b = env.bundle(["/bin/sh", "-c", "read x; echo \"init got $x\"; sleep 600"])
+    b = env.bundle(["/bin/sh", "-c", 'read x; echo "init got $x"; sleep 600'])
     out = env.work / "out"
     r_fd, w_fd = os.pipe()
     with open(out, "wb") as fh:
-        r = subprocess.run(env.argv("create", "--bundle", str(b), "c2"), stdin=r_fd, stdout=fh,
-                           stderr=subprocess.DEVNULL, timeout=180)
+        r = subprocess.run(
+            env.argv("create", "--bundle", str(b), "c2"),
+            stdin=r_fd,
+            stdout=fh,
+            stderr=subprocess.DEVNULL,
+            timeout=180,
+        )
     os.close(r_fd)
     assert r.returncode == 0
     assert env.run("start", "c2").returncode == 0
@@ -94,12 +107,19 @@ def test_stdio_goes_to_the_creators_fds_and_exec_detach(env: Env) -> None:
         time.sleep(0.2)
     exec_pid = env.work / "exec.pid"
     proc = env.work / "proc.json"
-    proc.write_text(json.dumps({"args": ["/bin/sh", "-c", "echo from-detached-exec"],
-                                "cwd": "/", "env": ["PATH=/bin"]}))
+    proc.write_text(
+        json.dumps(
+            {"args": ["/bin/sh", "-c", "echo from-detached-exec"], "cwd": "/", "env": ["PATH=/bin"]}
+        )
+    )
     with open(out, "ab") as fh:
-        r = subprocess.run(env.argv("exec", "--process", str(proc), "--detach", "--pid-file",
-                                    str(exec_pid), "c2"), stdin=subprocess.DEVNULL, stdout=fh,
-                           stderr=fh, timeout=120)
+        r = subprocess.run(
+            env.argv("exec", "--process", str(proc), "--detach", "--pid-file", str(exec_pid), "c2"),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            timeout=120,
+        )
     assert r.returncode == 0 and int(exec_pid.read_text()) > 0
     deadline = time.monotonic() + 30
     while b"from-detached-exec" not in out.read_bytes():
@@ -142,9 +162,12 @@ def test_terminal_through_console_socket(env: Env) -> None:
     b = env.bundle(["/bin/sh"], terminal=True)
     sock = env.work / "console.sock"
     srv = _console_listener(sock)
-    create = subprocess.Popen(env.argv("create", "--bundle", str(b), "--console-socket",
-                                       str(sock), "ct"), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    create = subprocess.Popen(
+        env.argv("create", "--bundle", str(b), "--console-socket", str(sock), "ct"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         master = _recv_master(srv)
         assert create.wait(180) == 0
@@ -169,15 +192,20 @@ def test_two_containers_under_one_root(env: Env) -> None:
         r = env.run("run", "-d", "--bundle", str(b), cid, capture=False)
         assert r.returncode == 0
     listed = json.loads(env.run("list", "--format", "json").stdout)
-    assert sorted((c["id"], c["status"]) for c in listed) == [("m1", "running"),
-                                                               ("m2", "running")]
+    assert sorted((c["id"], c["status"]) for c in listed) == [("m1", "running"), ("m2", "running")]
     for cid in ("m1", "m2"):
         assert env.run("delete", "--force", cid).returncode == 0
 
 
 def test_update_memory_limit_reaches_the_guest_cgroup(env: Env) -> None:
-    mounts = [{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["ro", "nosuid", "noexec", "nodev"]}]
+    mounts = [
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["ro", "nosuid", "noexec", "nodev"],
+        }
+    ]
     b = env.bundle(["/bin/sleep", "600"])
     spec = json.loads((b / "config.json").read_text())
     spec["mounts"] += mounts
@@ -189,8 +217,12 @@ def test_update_memory_limit_reaches_the_guest_cgroup(env: Env) -> None:
     assert env.run("update", f"--resources={res}", "cu").returncode == 0
     r = env.run("exec", "cu", "/bin/cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max")
     assert r.stdout.split() == [str(64 << 20).encode(), b"50"]
-    r = subprocess.run(env.argv("update", "--resources", "-", "cu"), input=b'{"pids":{"limit":7}}',
-                       capture_output=True, timeout=60)
+    r = subprocess.run(
+        env.argv("update", "--resources", "-", "cu"),
+        input=b'{"pids":{"limit":7}}',
+        capture_output=True,
+        timeout=60,
+    )
     assert r.returncode == 0
     assert env.run("exec", "cu", "/bin/cat", "/sys/fs/cgroup/pids.max").stdout == b"7\n"
     assert env.run("delete", "--force", "cu").returncode == 0
@@ -218,15 +250,21 @@ def test_bad_input_is_one_line(env: Env) -> None:
     b = env.bundle(["true"], terminal=True)
     notsock = env.work / "plain-file"
     notsock.write_text("")
-    _fails(env.run("create", "--bundle", str(b), "--console-socket", str(notsock), "c"),
-           "not a unix socket")
+    _fails(
+        env.run("create", "--bundle", str(b), "--console-socket", str(notsock), "c"),
+        "not a unix socket",
+    )
     _fails(env.run("create", "--bundle", str(b), "c"), "without --console-socket")
     assert not (env.root / "c").exists()
 
 
 def test_bad_signal_and_json_log(env: Env) -> None:
-    assert env.run("run", "-d", "--bundle", str(env.bundle(["/bin/sleep", "600"])), "cj",
-                   capture=False).returncode == 0
+    assert (
+        env.run(
+            "run", "-d", "--bundle", str(env.bundle(["/bin/sleep", "600"])), "cj", capture=False
+        ).returncode
+        == 0
+    )
     log = env.work / "log.json"
     r = env.run("--log", str(log), "--log-format", "json", "kill", "cj", "SIGNOPE")
     assert r.returncode == 1
@@ -252,3 +290,32 @@ def test_verbs_on_stopped_container(env: Env, verb: str) -> None:
     wait_status(env, "cs", "stopped")
     assert env.run(verb, "cs").returncode == 1
     assert env.run("delete", "cs").returncode == 0
+
+
+def test_events_stats_and_oom(env: Env) -> None:
+    mem_hog = "echo ready; sleep 1; head -c 200m /dev/zero | tail; sleep 600"
+    b = env.bundle(["/bin/sh", "-c", mem_hog])
+    spec = json.loads((b / "config.json").read_text())
+    spec["linux"]["resources"] = {"memory": {"limit": 32 << 20}}
+    (b / "config.json").write_text(json.dumps(spec))
+    assert env.run("run", "-d", "--bundle", str(b), "ce", capture=False).returncode == 0
+    one = json.loads(env.run("events", "--stats", "ce").stdout)
+    assert one["type"] == "stats" and one["id"] == "ce"
+    assert one["data"]["memory"]["usage"]["limit"] == 32 << 20
+    assert one["data"]["pids"]["current"] >= 1
+    proc = subprocess.Popen(
+        env.argv("events", "--interval", "1s", "ce"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        types = []
+        deadline = time.monotonic() + 60
+        while "oom" not in types:
+            assert time.monotonic() < deadline, types
+            types.append(json.loads(proc.stdout.readline())["type"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert env.run("delete", "--force", "ce").returncode == 0

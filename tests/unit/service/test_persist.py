@@ -38,7 +38,6 @@ def test_deep_state_dirs_get_short_socket_dirs(tmp_path: Path) -> None:
     deep.check_socket_lengths()
 
 
-
 def test_remove_tree_removes_files_and_dirs(tmp_path: Path) -> None:
     d = tmp_path / "sb"
     (d / "mounts" / "c1" / "rootfs").mkdir(parents=True)
