@@ -59,6 +59,16 @@ def prepare_sandbox(
     paths = paths_for(args, args.id)
     bundle = load_bundle(args.bundle)
     check_terminal(bundle.terminal)
+    from cocoon.errors import InvalidArgument
+    from cocoon.oci.spec import vm_compatibility
+
+    if getattr(args, "preserve_fds", 0):
+        raise InvalidArgument("--preserve-fds is not supported: host fds cannot enter the VM")
+    errors, warnings = vm_compatibility(bundle.spec)
+    if errors:
+        raise InvalidArgument(f"unsupported in {bundle.path}/config.json: {errors[0]}")
+    for warning in warnings:
+        reporter.warn(warning)
     settings = from_environment()
     from cocoon.service.hostcg import plan_for
 

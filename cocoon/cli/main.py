@@ -57,10 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cocoon.errors import CocoonError
 
     try:
-        if args.systemd_cgroup:
-            from cocoon.errors import InvalidArgument
+        from cocoon.errors import InvalidArgument
 
+        if args.systemd_cgroup:
             raise InvalidArgument("--systemd-cgroup is not supported: Cocoon uses cgroupfs")
+        if args.rootless == "true":
+            raise InvalidArgument("--rootless true is not supported: Cocoon runs as root")
         module = import_module(_VERBS[args.verb])
         entry = getattr(module, args.verb) if args.verb in _OWN_ENTRY else module.run
         rc: int = entry(args, reporter)

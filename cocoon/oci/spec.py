@@ -114,3 +114,27 @@ def validate_spec(spec: Any, config: Path) -> None:
     )
     linux = spec.get("linux", {})
     _require(isinstance(linux, dict), config, "linux must be an object")
+
+
+def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What a VM runtime cannot honour: (errors naming the field, warnings).
+
+    Refused: fields that would need the host inside the guest (``vm`` asks to pick
+    host binaries and images; ``linux.intelRdt`` is a host resource). Warned and
+    dropped: LSM labels, since the guest kernel runs no AppArmor or SELinux (the VM
+    boundary is the isolation); nothing else is changed.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if spec.get("vm"):
+        errors.append("vm: choosing the hypervisor, kernel or image per container is not "
+                      "supported (use Cocoon's configuration)")
+    linux = spec.get("linux") or {}
+    if linux.get("intelRdt"):
+        errors.append("linux.intelRdt is not supported: RDT is a host resource")
+    proc = spec.get("process") or {}
+    if proc.get("apparmorProfile"):
+        warnings.append("process.apparmorProfile is ignored: the guest runs no AppArmor")
+    if proc.get("selinuxLabel") or linux.get("mountLabel"):
+        warnings.append("SELinux labels are ignored: the guest runs no SELinux")
+    return errors, warnings

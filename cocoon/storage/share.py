@@ -68,6 +68,10 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
         binds.append(Bind(source, rel, ro, source.is_dir()))
         out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
     guest["mounts"] = out_mounts
+    proc = guest.get("process") or {}
+    proc.pop("apparmorProfile", None)  # no LSM in the guest (warned at create)
+    proc.pop("selinuxLabel", None)
+    (guest.get("linux") or {}).pop("mountLabel", None)
     linux = guest.setdefault("linux", {})
     namespaces = []
     for ns in linux.get("namespaces") or []:

@@ -18,13 +18,14 @@ PR_SET_CHILD_SUBREAPER = 36
 
 def main() -> int:
     statusfile, pidfile, _, *cmd = sys.argv[1:]
-    out = open(statusfile, "w", buffering=1)
+    out = open(statusfile, "w", buffering=1)  # noqa: SIM115 - lives as long as the process
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     rc = subprocess.call(cmd)
     print(f"cmd {rc}", file=out)
     if rc != 0:
         return 1
-    pid = int(open(pidfile).read())
+    with open(pidfile) as fh:
+        pid = int(fh.read())
     while True:
         try:
             got, status = os.waitpid(-1, 0)

@@ -255,6 +255,11 @@ def test_bad_input_is_one_line(env: Env) -> None:
         "not a unix socket",
     )
     _fails(env.run("create", "--bundle", str(b), "c"), "without --console-socket")
+    vm = env.bundle(["true"], vm={"kernel": {"path": "/boot/evil"}})
+    _fails(env.run("create", "--bundle", str(vm), "c"), "vm: choosing the hypervisor")
+    plain = env.bundle(["true"])
+    _fails(env.run("create", "--preserve-fds", "2", "--bundle", str(plain), "c"), "preserve-fds")
+    _fails(env.run("--rootless", "true", "state", "c"), "rootless")
     assert not (env.root / "c").exists()
 
 

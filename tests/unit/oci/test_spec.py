@@ -51,3 +51,14 @@ def test_missing_and_malformed(tmp_path: Path) -> None:
         load_bundle(write(tmp_path, "{not json"))
     with pytest.raises(InvalidArgument, match="root.path"):
         load_bundle(write(tmp_path, default_spec(["x"]) | {"root": {"path": "missing"}}, False))
+
+
+def test_vm_compatibility() -> None:
+    from cocoon.oci.spec import vm_compatibility
+
+    spec = default_spec(["x"])
+    assert vm_compatibility(spec) == ([], [])
+    spec["vm"] = {"kernel": {"path": "/boot/x"}}
+    spec["process"]["apparmorProfile"] = "docker-default"
+    errors, warnings = vm_compatibility(spec)
+    assert errors[0].startswith("vm:") and "AppArmor" in warnings[0]
