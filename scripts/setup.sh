@@ -38,3 +38,17 @@ fi
 
 # Builds only what is missing (the cache is keyed by the inputs).
 .venv/bin/cocoon assets build
+
+# A fast launcher for the CLI (engines call it for every verb): `python -IS`
+# skips site processing (.pth files, sitecustomize), which can cost more than
+# the verb itself. It replaces the console script pip wrote.
+VENV=$(pwd)/.venv
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cat > .venv/bin/cocoon <<LAUNCHER
+#!$VENV/bin/python3 -IS
+import sys
+sys.path[:0] = ["$(pwd)", "$SITE"]
+from cocoon.cli.main import main
+sys.exit(main())
+LAUNCHER
+chmod +x .venv/bin/cocoon

@@ -8,20 +8,17 @@ the recorded PIDs and the state dir).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cocoon.cli.common import parse_signal, paths_for
 from cocoon.cli.lock import container_lock, remove_lock
 from cocoon.cli.output import Reporter
 from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument, NotFound
-from cocoon.service import persist
-
-T = TypeVar("T")
+from cocoon.service import persist, quick
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -40,19 +37,6 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     return handler(args, paths, reporter)
 
 
-def _with_client(paths: persist.SandboxPaths, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from cocoon.service.client import ServiceClient
-
-    async def go() -> T:
-        client = await ServiceClient.connect(paths)
-        try:
-            return await fn(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
-
-
 def status_of(paths: persist.SandboxPaths, st: persist.SandboxState) -> tuple[str, int]:
     """(status, pid) from the live service; ``stopped`` when it is gone."""
     from cocoon.procutil import alive
@@ -60,12 +44,12 @@ def status_of(paths: persist.SandboxPaths, st: persist.SandboxState) -> tuple[st
     if not alive(st.service_pid):
         return ("creating", 0) if st.status == "creating" and not st.service_pid else ("stopped", 0)
     try:
-        resp = _with_client(paths, lambda c: c.state(paths.id))
+        resp = quick.call(paths, "State", container_id=paths.id)
     except NotFound:
         return "creating", 0
     except CocoonError:
         return "stopped", 0
-    return resp.status, resp.pid
+    return str(resp.get("status", "stopped")), int(resp.get("pid", 0))
 
 
 def state_json(paths: persist.SandboxPaths, st: persist.SandboxState) -> dict[str, Any]:
@@ -108,21 +92,21 @@ def _kill(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Repor
     sig = parse_signal(args.signal)
     with container_lock(paths.root, paths.id):
         _require_live(paths)
-        _with_client(paths, lambda c: c.kill(paths.id, sig, args.all))
+        quick.call(paths, "Kill", container_id=paths.id, signal=sig, all=args.all)
     return 0
 
 
 def _pause(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
     with container_lock(paths.root, paths.id):
         _require_live(paths)
-        _with_client(paths, lambda c: c.pause(paths.id))
+        quick.call(paths, "Pause", container_id=paths.id)
     return 0
 
 
 def _resume(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
     with container_lock(paths.root, paths.id):
         _require_live(paths)
-        _with_client(paths, lambda c: c.resume(paths.id))
+        quick.call(paths, "Resume", container_id=paths.id)
     return 0
 
 
@@ -139,15 +123,11 @@ def _delete(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Rep
                 f"cannot delete container {paths.id!r}: it is {status} (stop it or use --force)"
             )
         if alive(st.service_pid):
-
-            async def delete(c: Any) -> None:
-                try:
-                    await c.delete(paths.id, args.force)
-                except NotFound:
-                    await c.shutdown()
-
             try:
-                _with_client(paths, delete)
+                try:
+                    quick.call(paths, "Delete", container_id=paths.id, force=args.force)
+                except NotFound:
+                    quick.call(paths, "Shutdown")
             except CocoonError as exc:
                 if not args.force:
                     raise
@@ -168,14 +148,14 @@ def _delete(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Rep
 
 def _ps(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
     _require_live(paths)
-    resp = _with_client(paths, lambda c: c.ps(paths.id))
+    resp = quick.call(paths, "Ps", container_id=paths.id)
     if args.format == "json":
         # Host PIDs, as engines expect: the processes standing for the guest's.
-        print(json.dumps(resp.host_pids))
+        print(json.dumps(resp.get("host_pids", [])))
         return 0
     print(f"{'PID':>7}  CMD  (guest PIDs: the processes run inside the VM)")
-    for p in resp.processes:
-        print(f"{p.pid:>7}  {' '.join(p.args)}")
+    for p in resp.get("processes", []):
+        print(f"{p['pid']:>7}  {' '.join(p['args'])}")
     return 0
 
 
@@ -229,7 +209,7 @@ def _update(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Rep
     resources = resources_from_args(args)
     with container_lock(paths.root, paths.id):
         _require_live(paths)
-        _with_client(paths, lambda c: c.update(paths.id, resources))
+        quick.call(paths, "Update", container_id=paths.id, resources=resources)
     return 0
 
 

@@ -41,9 +41,10 @@ spec: 1.1.0"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cocoon.cli.parser import build_parser
+    from cocoon.cli.parser import build_parser, guess_verb
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=guess_verb(argv))
     args = parser.parse_args(argv)
     reporter = Reporter(args.log, args.log_format, args.debug)
     if args.version:

@@ -6,11 +6,11 @@ explain a failure, so errors go there as JSON; in text mode they go to stderr.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
-import traceback
-from typing import TextIO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class Reporter:
@@ -22,6 +22,9 @@ class Reporter:
         self.debug_enabled = debug
 
     def _emit(self, level: str, msg: str) -> None:
+        import json
+        import time
+
         # RFC 3339, as containerd's shim parses it (Go's time.RFC3339).
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.json:
@@ -36,6 +39,8 @@ class Reporter:
 
     def error(self, msg: str, exc: BaseException | None = None) -> None:
         if exc is not None and self.debug_enabled:
+            import traceback
+
             self._emit("debug", "".join(traceback.format_exception(exc)).strip())
         if not self.log_path and not self.json:
             msg = f"cocoon: {msg}"

@@ -25,7 +25,50 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preserve-fds", type=int, default=0, help="accepted; 0 only")
 
 
-def build_parser() -> argparse.ArgumentParser:
+_GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--assets-dir", "--rootless"}
+VERBS = (
+    "create",
+    "start",
+    "run",
+    "state",
+    "kill",
+    "delete",
+    "list",
+    "pause",
+    "resume",
+    "ps",
+    "exec",
+    "update",
+    "events",
+    "features",
+    "spec",
+    "check",
+    "assets",
+    "_service",
+)
+
+
+def guess_verb(argv: list[str]) -> str | None:
+    """The verb in argv (after runc-style global options), if it is a known one."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return arg if arg in VERBS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that verb's subparser (building all costs ~15 ms)."""
+
+    def want(verb: str) -> bool:
+        return only is None or only == verb
+
     p = _Parser(
         prog="cocoon",
         description="Cocoon: run every container in its own lightweight VM (runc-compatible).",
@@ -45,107 +88,128 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--version", action="store_true", help="print the version")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
 
-    create = sub.add_parser("create", help="create a container (boots its VM)")
-    _add_create_flags(create)
-    create.add_argument("id")
+    if want("create"):
+        create = sub.add_parser("create", help="create a container (boots its VM)")
+        _add_create_flags(create)
+        create.add_argument("id")
 
-    start = sub.add_parser("start", help="start a created container")
-    start.add_argument("id")
+    if want("start"):
+        start = sub.add_parser("start", help="start a created container")
+        start.add_argument("id")
 
-    run = sub.add_parser("run", help="create and start a container; wait unless --detach")
-    _add_create_flags(run)
-    run.add_argument("-d", "--detach", action="store_true", help="do not wait for the container")
-    run.add_argument("--keep", action="store_true", help="accepted")
-    run.add_argument("id")
+    if want("run"):
+        run = sub.add_parser("run", help="create and start a container; wait unless --detach")
+        _add_create_flags(run)
+        run.add_argument(
+            "-d", "--detach", action="store_true", help="do not wait for the container"
+        )
+        run.add_argument("--keep", action="store_true", help="accepted")
+        run.add_argument("id")
 
-    state = sub.add_parser("state", help="print a container's state as JSON")
-    state.add_argument("id")
+    if want("state"):
+        state = sub.add_parser("state", help="print a container's state as JSON")
+        state.add_argument("id")
 
-    kill = sub.add_parser("kill", help="send a signal to a container's init process")
-    kill.add_argument("-a", "--all", action="store_true", help="signal every process")
-    kill.add_argument("id")
-    kill.add_argument("signal", nargs="?", default="SIGTERM")
+    if want("kill"):
+        kill = sub.add_parser("kill", help="send a signal to a container's init process")
+        kill.add_argument("-a", "--all", action="store_true", help="signal every process")
+        kill.add_argument("id")
+        kill.add_argument("signal", nargs="?", default="SIGTERM")
 
-    delete = sub.add_parser("delete", help="delete a container and its VM")
-    delete.add_argument("-f", "--force", action="store_true", help="kill it first if running")
-    delete.add_argument("id")
+    if want("delete"):
+        delete = sub.add_parser("delete", help="delete a container and its VM")
+        delete.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+        delete.add_argument("id")
 
-    lst = sub.add_parser("list", help="list containers")
-    lst.add_argument("-f", "--format", choices=["table", "json"], default="table")
-    lst.add_argument("-q", "--quiet", action="store_true")
+    if want("list"):
+        lst = sub.add_parser("list", help="list containers")
+        lst.add_argument("-f", "--format", choices=["table", "json"], default="table")
+        lst.add_argument("-q", "--quiet", action="store_true")
 
-    for verb in ("pause", "resume"):
-        sp = sub.add_parser(verb, help=f"{verb} every process of a container")
-        sp.add_argument("id")
+    if want("pause") or want("resume"):
+        for verb in ("pause", "resume"):
+            sp = sub.add_parser(verb, help=f"{verb} every process of a container")
+            sp.add_argument("id")
 
-    ps = sub.add_parser("ps", help="processes of a container")
-    ps.add_argument("-f", "--format", choices=["table", "json"], default="table")
-    ps.add_argument("id")
-    ps.add_argument("ps_args", nargs=argparse.REMAINDER)
+    if want("ps"):
+        ps = sub.add_parser("ps", help="processes of a container")
+        ps.add_argument("-f", "--format", choices=["table", "json"], default="table")
+        ps.add_argument("id")
+        ps.add_argument("ps_args", nargs=argparse.REMAINDER)
 
-    ex = sub.add_parser("exec", help="run a process in a running container")
-    ex.add_argument("-p", "--process", help="an OCI Process JSON file")
-    ex.add_argument("-d", "--detach", action="store_true")
-    ex.add_argument("--pid-file")
-    ex.add_argument("--console-socket")
-    ex.add_argument("-t", "--tty", action="store_true")
-    ex.add_argument("--cwd")
-    ex.add_argument("-e", "--env", action="append")
-    ex.add_argument("-u", "--user")
-    ex.add_argument("-g", "--additional-gids", action="append")
-    ex.add_argument("-c", "--cap", action="append")
-    ex.add_argument("--no-new-privs", action="store_true")
-    ex.add_argument("--apparmor")
-    ex.add_argument("--process-label")
-    ex.add_argument("--preserve-fds", type=int, default=0)
-    ex.add_argument("--ignore-paused", action="store_true")
-    ex.add_argument("--cgroup")
-    ex.add_argument("id")
-    ex.add_argument("command", nargs=argparse.REMAINDER)
+    if want("exec"):
+        ex = sub.add_parser("exec", help="run a process in a running container")
+        ex.add_argument("-p", "--process", help="an OCI Process JSON file")
+        ex.add_argument("-d", "--detach", action="store_true")
+        ex.add_argument("--pid-file")
+        ex.add_argument("--console-socket")
+        ex.add_argument("-t", "--tty", action="store_true")
+        ex.add_argument("--cwd")
+        ex.add_argument("-e", "--env", action="append")
+        ex.add_argument("-u", "--user")
+        ex.add_argument("-g", "--additional-gids", action="append")
+        ex.add_argument("-c", "--cap", action="append")
+        ex.add_argument("--no-new-privs", action="store_true")
+        ex.add_argument("--apparmor")
+        ex.add_argument("--process-label")
+        ex.add_argument("--preserve-fds", type=int, default=0)
+        ex.add_argument("--ignore-paused", action="store_true")
+        ex.add_argument("--cgroup")
+        ex.add_argument("id")
+        ex.add_argument("command", nargs=argparse.REMAINDER)
 
-    up = sub.add_parser("update", help="update a container's resource limits")
-    up.add_argument("-r", "--resources", help="LinuxResources JSON file, or - for stdin")
-    for flag in (
-        "blkio-weight",
-        "cpu-period",
-        "cpu-quota",
-        "cpu-share",
-        "cpu-rt-period",
-        "cpu-rt-runtime",
-        "cpuset-cpus",
-        "cpuset-mems",
-        "memory",
-        "memory-reservation",
-        "memory-swap",
-        "pids-limit",
-        "kernel-memory",
-        "kernel-memory-tcp",
-        "l3-cache-schema",
-        "mem-bw-schema",
-    ):
-        up.add_argument(f"--{flag}")
-    up.add_argument("id")
+    if want("update"):
+        up = sub.add_parser("update", help="update a container's resource limits")
+        up.add_argument("-r", "--resources", help="LinuxResources JSON file, or - for stdin")
+        for flag in (
+            "blkio-weight",
+            "cpu-period",
+            "cpu-quota",
+            "cpu-share",
+            "cpu-rt-period",
+            "cpu-rt-runtime",
+            "cpuset-cpus",
+            "cpuset-mems",
+            "memory",
+            "memory-reservation",
+            "memory-swap",
+            "pids-limit",
+            "kernel-memory",
+            "kernel-memory-tcp",
+            "l3-cache-schema",
+            "mem-bw-schema",
+        ):
+            up.add_argument(f"--{flag}")
+        up.add_argument("id")
 
-    ev = sub.add_parser("events", help="stream stats and OOM events as JSON lines")
-    ev.add_argument("--stats", action="store_true", help="print one stats event and exit")
-    ev.add_argument("--interval", default="5s", help="stats interval (Go duration, e.g. 5s)")
-    ev.add_argument("id")
+    if want("events"):
+        ev = sub.add_parser("events", help="stream stats and OOM events as JSON lines")
+        ev.add_argument("--stats", action="store_true", help="print one stats event and exit")
+        ev.add_argument("--interval", default="5s", help="stats interval (Go duration, e.g. 5s)")
+        ev.add_argument("id")
 
-    sub.add_parser("features", help="print the OCI features document")
+    if want("features"):
+        sub.add_parser("features", help="print the OCI features document")
 
-    spec = sub.add_parser("spec", help="write a default config.json")
-    spec.add_argument("-b", "--bundle", default=".")
-    spec.add_argument("--rootless", dest="rootless_spec", action="store_true")
+    if want("spec"):
+        spec = sub.add_parser("spec", help="write a default config.json")
+        spec.add_argument("-b", "--bundle", default=".")
+        spec.add_argument("--rootless", dest="rootless_spec", action="store_true")
 
-    sub.add_parser("check", help="check whether this host can run Cocoon, and how fast")
+    if want("check"):
+        sub.add_parser("check", help="check whether this host can run Cocoon, and how fast")
 
-    assets = sub.add_parser("assets", help="build or list the guest kernel, initramfs and image")
-    asub = assets.add_subparsers(dest="assets_verb", metavar="ACTION", parser_class=_Parser)
-    ab = asub.add_parser("build", help="build the guest assets (cached)")
-    ab.add_argument("--force", action="store_true", help="rebuild even when cached")
-    asub.add_parser("list", help="show built assets")
+    if want("assets"):
+        assets = sub.add_parser(
+            "assets", help="build or list the guest kernel, initramfs and image"
+        )
+        asub = assets.add_subparsers(dest="assets_verb", metavar="ACTION", parser_class=_Parser)
+        ab = asub.add_parser("build", help="build the guest assets (cached)")
+        ab.add_argument("--force", action="store_true", help="rebuild even when cached")
+        asub.add_parser("list", help="show built assets")
 
-    svc = sub.add_parser("_service", help=argparse.SUPPRESS)
-    svc.add_argument("--sandbox-dir", required=True)
-    svc.add_argument("--ready-fd", type=int, required=True)
+    if want("_service"):
+        svc = sub.add_parser("_service", help=argparse.SUPPRESS)
+        svc.add_argument("--sandbox-dir", required=True)
+        svc.add_argument("--ready-fd", type=int, required=True)
     return p

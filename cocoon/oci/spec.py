@@ -127,8 +127,10 @@ def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
     if spec.get("vm"):
-        errors.append("vm: choosing the hypervisor, kernel or image per container is not "
-                      "supported (use Cocoon's configuration)")
+        errors.append(
+            "vm: choosing the hypervisor, kernel or image per container is not "
+            "supported (use Cocoon's configuration)"
+        )
     linux = spec.get("linux") or {}
     if linux.get("intelRdt"):
         errors.append("linux.intelRdt is not supported: RDT is a host resource")

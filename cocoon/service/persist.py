@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +89,8 @@ class SandboxState:
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:
+    import tempfile
+
     data = json.dumps(dataclasses.asdict(state), indent=1).encode()
     fd, tmp = tempfile.mkstemp(dir=paths.dir, prefix=".state-")
     try:
