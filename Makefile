@@ -33,3 +33,4 @@ lint:
 
 bench: setup
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/cli.py

@@ -249,11 +249,15 @@ def main() -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if not args.no_write:
-        write_doc(rows, args.runs)
+        table = "\n".join(
+            ["| measure | value |", "|---|---|", *(f"| {n.strip()} | {v} |" for n, v in rows)]
+        )
+        write_block("boot", table, args.runs)
     return 0
 
 
-def write_doc(rows: list[tuple[str, str]], runs: int) -> None:
+def write_block(name: str, table: str, runs: int) -> None:
+    """Replace the ``name`` block of docs/performance.md with ``table`` and the commit."""
     commit = (
         subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -265,12 +269,9 @@ def write_doc(rows: list[tuple[str, str]], runs: int) -> None:
     ).stdout.strip()
     doc = ROOT / "docs" / "performance.md"
     text = doc.read_text() if doc.exists() else ""
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    table = "\n".join(
-        ["| measure | value |", "|---|---|", *(f"| {n.strip()} | {v} |" for n, v in rows)]
-    )
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     block = (
-        f"{start}\nLatest `make bench` (medians of {runs} interleaved runs), commit "
+        f"{start}\nLatest `bench/` run (medians of {runs} runs), commit "
         f"`{commit}`{' (with uncommitted changes)' if dirty else ''}, "
         f"{time.strftime('%Y-%m-%d')}:\n\n{table}\n{end}"
     )

@@ -47,5 +47,7 @@ def call(paths: SandboxPaths, method: str, timeout: float = 60.0, **req: Any) ->
         raise _CODES.get(exc.code, CocoonError)(exc.message) from exc
     except ConnectionLost as exc:
         raise ServiceDown(f"the sandbox service of {paths.id!r} is not running", exc) from exc
+    except TimeoutError as exc:
+        raise Unavailable(f"the sandbox service of {paths.id!r} did not answer", exc) from exc
     reply: dict[str, Any] = json.loads(raw) if raw else {}
     return reply

@@ -47,7 +47,7 @@ def call(path: str, service: str, method: str, payload: bytes, timeout: float) -
                 body = _read_exactly(sock, length)
                 if stream_id == 1 and ftype == framing.FrameType.RESPONSE:
                     break
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError(f"{method} timed out after {timeout:g}s") from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
