@@ -38,18 +38,26 @@ def _cgroup_layout() -> str:
 
 def collect(args: argparse.Namespace) -> list[Row]:
     from cocoon.assets import locate
+    from cocoon.cli.common import effective_config
     from cocoon.config.paths import assets_dir, cache_dir
-    from cocoon.config.settings import Settings
     from cocoon.errors import CocoonError
     from cocoon.hypervisor.accel import decide
+    from cocoon.resources.sizing import hotplug_capable
 
-    settings = Settings()
+    config = effective_config(args)
+    hv = config.hypervisor
     rows: list[Row] = []
-    qemu = shutil.which(settings.qemu) or ""
+    qemu = shutil.which(hv.path) or ""
+    rows.append(Row("QEMU", bool(qemu), _qemu_version(qemu) if qemu else f"{hv.path} missing"))
+    hot = hotplug_capable(hv.machine_type)
+    mode = "static" if config.runtime.static_sandbox_resource_mgmt else "dynamic"
+    detail = "vCPU/memory hotplug possible" if hot else "no hotplug (static sizing only)"
     rows.append(
-        Row("QEMU", bool(qemu), _qemu_version(qemu) if qemu else f"{settings.qemu} missing")
+        Row(
+            "machine type", True, f"{hv.machine_type}: {detail}; sizing mode {mode}", required=False
+        )
     )
-    vfsd = Path(settings.virtiofsd)
+    vfsd = Path(hv.virtio_fs_daemon)
     rows.append(
         Row(
             "virtiofsd",

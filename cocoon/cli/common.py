@@ -7,11 +7,16 @@ import datetime
 import signal as _signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cocoon.cli.output import Reporter
 from cocoon.errors import AlreadyExists, InvalidArgument
 from cocoon.oci.ids import validate_id
 from cocoon.service.persist import SandboxPaths
+
+if TYPE_CHECKING:
+    from cocoon.config.schema import Config
+    from cocoon.config.settings import Settings
 
 
 def paths_for(args: argparse.Namespace, cid: str) -> SandboxPaths:
@@ -40,6 +45,27 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
+def effective_config(args: argparse.Namespace) -> Config:
+    from cocoon.config.loader import load
+
+    return load(getattr(args, "config", None))
+
+
+def sandbox_settings(
+    args: argparse.Namespace, spec: dict[str, Any], annotations: dict[str, str]
+) -> Settings:
+    """Configuration file + the container's annotations (allowlisted) + sizing."""
+    import os
+
+    from cocoon.config.annotations import apply_annotations
+    from cocoon.config.settings import host_memory_mib, resolve
+    from cocoon.resources.sizing import boot_size
+
+    config = apply_annotations(effective_config(args), annotations)
+    size = boot_size(config, spec, os.cpu_count() or 1, host_memory_mib())
+    return resolve(config, size)
+
+
 def prepare_sandbox(
     args: argparse.Namespace, reporter: Reporter, check_terminal: Callable[[bool], None]
 ) -> tuple[SandboxPaths, Path]:
@@ -51,7 +77,6 @@ def prepare_sandbox(
     """
     from cocoon.assets import locate
     from cocoon.config.paths import assets_dir, cache_dir
-    from cocoon.config.settings import from_environment
     from cocoon.hypervisor.accel import decide
     from cocoon.oci.spec import load_bundle
     from cocoon.service import persist
@@ -69,7 +94,7 @@ def prepare_sandbox(
         raise InvalidArgument(f"unsupported in {bundle.path}/config.json: {errors[0]}")
     for warning in warnings:
         reporter.warn(warning)
-    settings = from_environment()
+    settings = sandbox_settings(args, bundle.spec, bundle.annotations)
     from cocoon.service.hostcg import plan_for
 
     plan_for(bundle.spec, paths.id, settings.memory_mib, settings.host_overhead_mib)

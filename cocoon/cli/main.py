@@ -29,6 +29,7 @@ _VERBS = {
     "features": "cocoon.cli.info",
     "spec": "cocoon.cli.info",
     "check": "cocoon.cli.check",
+    "env": "cocoon.cli.info",
     "assets": "cocoon.cli.assets",
     "_service": "cocoon.service.daemon",
 }

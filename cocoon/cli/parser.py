@@ -25,7 +25,7 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preserve-fds", type=int, default=0, help="accepted; 0 only")
 
 
-_GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--assets-dir", "--rootless"}
+_GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--assets-dir", "--rootless", "--config"}
 VERBS = (
     "create",
     "start",
@@ -78,6 +78,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--debug", action="store_true", help="log debug detail")
     p.add_argument("--assets-dir", help="guest asset cache (default /var/lib/cocoon/assets)")
+    p.add_argument("--config", help="configuration file (default /etc/cocoon/configuration.toml)")
     p.add_argument("--systemd-cgroup", action="store_true", help="not supported (no systemd)")
     p.add_argument(
         "--rootless",
@@ -195,6 +196,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         spec = sub.add_parser("spec", help="write a default config.json")
         spec.add_argument("-b", "--bundle", default=".")
         spec.add_argument("--rootless", dest="rootless_spec", action="store_true")
+
+    if want("env"):
+        env = sub.add_parser("env", help="print the effective configuration")
+        env.add_argument("--json", action="store_true", help="as JSON instead of TOML")
 
     if want("check"):
         sub.add_parser("check", help="check whether this host can run Cocoon, and how fast")

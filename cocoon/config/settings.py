@@ -1,7 +1,8 @@
-"""Sandbox settings with defaults (the TOML file and annotations come later).
+"""The resolved settings of one sandbox, stored in its state.json.
 
-Environment overrides exist for tests and operators; engines such as conmon
-do not pass the environment through, so they are never the only way.
+They come from the configuration file (``cocoon.config.loader``), the
+container's annotations (``cocoon.config.annotations``) and the sizing
+formulas (``cocoon.resources.sizing``); see :func:`resolve`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocoon.errors import InvalidArgument
 
-SHARED_FS_KINDS = ("9p", "virtiofs")
+if TYPE_CHECKING:
+    from cocoon.config.schema import Config
+    from cocoon.resources.sizing import SandboxSize
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Settings:
     # it: ~100 MB measured per VM, plus QEMU itself), added to the host
     # cgroup's limit.
     host_overhead_mib: int = 384
+    kernel_params: str = ""  # appended to Cocoon's boot parameters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,41 +44,31 @@ class Settings:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def _int(name: str, value: str) -> int:
-    try:
-        out = int(value)
-    except ValueError:
-        raise InvalidArgument(f"{name}={value!r} is not an integer") from None
-    if out <= 0:
-        raise InvalidArgument(f"{name}={value!r} must be positive")
-    return out
-
-
-def from_environment(env: dict[str, str] | None = None) -> Settings:
-    """Defaults overridden by ``COCOON_*`` variables; raises InvalidArgument on bad values."""
-    env = dict(os.environ) if env is None else env
-    kw: dict[str, Any] = {}
-    if "COCOON_SHARED_FS" in env:
-        kind = env["COCOON_SHARED_FS"]
-        if kind not in SHARED_FS_KINDS:
-            raise InvalidArgument(f"COCOON_SHARED_FS={kind!r}: expected one of {SHARED_FS_KINDS}")
-        kw["shared_fs"] = kind
-    if "COCOON_MACHINE" in env:
-        if env["COCOON_MACHINE"] not in ("pc", "microvm"):
-            raise InvalidArgument(f"COCOON_MACHINE={env['COCOON_MACHINE']!r}: expected pc|microvm")
-        kw["machine"] = env["COCOON_MACHINE"]
-    if "COCOON_MEMORY_MIB" in env:
-        kw["memory_mib"] = _int("COCOON_MEMORY_MIB", env["COCOON_MEMORY_MIB"])
-    if "COCOON_VCPUS" in env:
-        kw["vcpus"] = _int("COCOON_VCPUS", env["COCOON_VCPUS"])
-    if "COCOON_AGENT_TIMEOUT" in env:
-        kw["agent_timeout"] = float(_int("COCOON_AGENT_TIMEOUT", env["COCOON_AGENT_TIMEOUT"]))
-    if "COCOON_QEMU" in env:
-        kw["qemu"] = env["COCOON_QEMU"]
-    settings = Settings(**kw)
-    if not os.path.isabs(settings.qemu):
-        found = shutil.which(settings.qemu)
+def resolve(config: Config, size: SandboxSize) -> Settings:
+    """The settings one sandbox runs with: the effective configuration and its size."""
+    hv = config.hypervisor
+    qemu = hv.path
+    if not os.path.isabs(qemu):
+        found = shutil.which(qemu)
         if not found:
-            raise InvalidArgument(f"QEMU binary {settings.qemu!r} not found")
-        settings = Settings(**{**settings.to_dict(), "qemu": found})
-    return settings
+            raise InvalidArgument(f"QEMU binary {qemu!r} not found")
+        qemu = found
+    return Settings(
+        qemu=qemu,
+        machine=hv.machine_type,
+        vcpus=size.vcpus,
+        memory_mib=size.memory_mib,
+        shared_fs="virtiofs" if hv.shared_fs == "virtio-fs" else "9p",
+        virtiofsd=hv.virtio_fs_daemon,
+        agent_timeout=config.agent.dial_timeout,
+        host_overhead_mib=config.runtime.host_overhead_memory,
+        kernel_params=hv.kernel_params,
+    )
+
+
+def host_memory_mib() -> int:
+    with open("/proc/meminfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0

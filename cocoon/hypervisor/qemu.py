@@ -105,11 +105,20 @@ class QemuVM:
             if loop.time() > deadline:
                 raise CocoonError("QEMU did not open its QMP socket in time")
             await asyncio.sleep(0.01)
-        self.qmp = QMPClient("cocoon")
-        try:
-            await asyncio.wait_for(self.qmp.connect(str(self.plan.qmp_socket)), timeout)
-        except Exception as exc:
-            raise CocoonError("cannot connect to QEMU's QMP socket", exc) from exc
+        # The socket file appears at bind(), a moment before QEMU listens: retry
+        # a refused connection until the deadline.
+        while True:
+            self.qmp = QMPClient("cocoon")
+            try:
+                await asyncio.wait_for(self.qmp.connect(str(self.plan.qmp_socket)), timeout)
+                return
+            except Exception as exc:
+                refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError) or (
+                    "Connection refused" in str(exc)
+                )
+                if not refused or self.exited.is_set() or loop.time() > deadline:
+                    raise CocoonError("cannot connect to QEMU's QMP socket", exc) from exc
+            await asyncio.sleep(0.01)
 
     async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
         """Run a QMP command; raise Unavailable if the VM is gone."""
