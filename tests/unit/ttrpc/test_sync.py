@@ -37,9 +37,12 @@ def test_sync_call_against_the_async_server(tmp_path: Path) -> None:
         server.register("t.S", "Fail", fail)
         await server.listen_unix(str(sock))
         ready.set()
-        await asyncio.sleep(3600)
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    def run() -> None:
+        loop.create_task(serve())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(5)
     assert sync.call(str(sock), "t.S", "Echo", b"abc", 5) == b"ABC"
@@ -49,3 +52,4 @@ def test_sync_call_against_the_async_server(tmp_path: Path) -> None:
     with pytest.raises(ConnectionLost):
         sync.call(str(tmp_path / "absent.sock"), "t.S", "Echo", b"", 5)
     loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
