@@ -17,9 +17,14 @@ def _annotated(env: Env, args: list[str], annotations: dict[str, str]) -> Path:
 
 
 def test_allowed_annotation_sizes_the_vm(env: Env) -> None:
-    b = _annotated(env, ["/bin/sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
-                   {"io.katacontainers.config.hypervisor.default_vcpus": "2",
-                    "io.cocoon.config.hypervisor.default_memory": "384"})
+    b = _annotated(
+        env,
+        ["/bin/sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        {
+            "io.katacontainers.config.hypervisor.default_vcpus": "2",
+            "io.cocoon.config.hypervisor.default_memory": "384",
+        },
+    )
     r = env.run("run", "--bundle", str(b), "ca")
     assert r.returncode == 0, r.stderr.decode()
     nproc, meminfo = r.stdout.decode().splitlines()
@@ -35,10 +40,13 @@ def test_forbidden_annotations_are_refused(env: Env) -> None:
         ("io.katacontainers.config.hypervisor.path", "/tmp/evil-qemu", "enable_annotations", None),
         ("io.cocoon.config.hypervisor.machine_type", "microvm", "enable_annotations", None),
         ("io.cocoon.config.hypervisor.default_vcpus", "lots", "default_vcpus", None),
-        ("io.katacontainers.config.hypervisor.path", "/tmp/evil-qemu", "valid_hypervisor_paths",
-         conf),
-        ("io.cocoon.config.hypervisor.virtio_fs_daemon", "/bin/sh", "valid_virtio_fs_daemon",
-         conf),
+        (
+            "io.katacontainers.config.hypervisor.path",
+            "/tmp/evil-qemu",
+            "valid_hypervisor_paths",
+            conf,
+        ),
+        ("io.cocoon.config.hypervisor.virtio_fs_daemon", "/bin/sh", "valid_virtio_fs_daemon", conf),
     ]:
         b = _annotated(env, ["true"], {key: value})
         extra = ["--config", str(config)] if config else []
@@ -51,12 +59,16 @@ def test_forbidden_annotations_are_refused(env: Env) -> None:
 
 def test_static_sizing_from_the_containers_limits(env: Env) -> None:
     conf = env.work / "cocoon.toml"
-    conf.write_text("[runtime]\nstatic_sandbox_resource_mgmt = true\n"
-                    "[hypervisor.qemu]\ndefault_memory = 192\n")
+    conf.write_text(
+        "[runtime]\nstatic_sandbox_resource_mgmt = true\n"
+        "[hypervisor.qemu]\ndefault_memory = 192\n"
+    )
     b = env.bundle(["/bin/sh", "-c", "nproc; grep MemTotal /proc/meminfo"])
     spec = json.loads((b / "config.json").read_text())
-    spec["linux"]["resources"] = {"memory": {"limit": 256 << 20},
-                                  "cpu": {"quota": 150000, "period": 100000}}
+    spec["linux"]["resources"] = {
+        "memory": {"limit": 256 << 20},
+        "cpu": {"quota": 150000, "period": 100000},
+    }
     (b / "config.json").write_text(json.dumps(spec))
     r = env.run("--config", str(conf), "run", "--bundle", str(b), "cs")
     assert r.returncode == 0, r.stderr.decode()

@@ -38,8 +38,10 @@ def test_sync_call_against_the_async_server(tmp_path: Path) -> None:
         await server.listen_unix(str(sock))
         ready.set()
 
+    tasks: list[asyncio.Task[None]] = []
+
     def run() -> None:
-        loop.create_task(serve())
+        tasks.append(loop.create_task(serve()))
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
