@@ -142,3 +142,7 @@ class AgentClient:
     async def stats(self, cid: str) -> w.StatsResponse:
         req = w.ContainerRequest(cid)
         return await self.call("StatsContainer", req, w.StatsResponse, DEFAULT_TIMEOUT)
+
+    async def online_cpu_mem(self, nb_cpus: int, timeout: float = 10.0) -> w.OnlineCPUMemResponse:
+        req = w.OnlineCPUMemRequest(nb_cpus, timeout)
+        return await self.call("OnlineCPUMem", req, w.OnlineCPUMemResponse, timeout + 10)

@@ -35,6 +35,11 @@ class Settings:
     # cgroup's limit.
     host_overhead_mib: int = 384
     kernel_params: str = ""  # appended to Cocoon's boot parameters
+    # Dynamic sizing: hot-plug up to these as containers come (pc only).
+    dynamic: bool = False
+    max_vcpus: int = 0
+    max_memory_mib: int = 0
+    memory_slots: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +68,10 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         agent_timeout=config.agent.dial_timeout,
         host_overhead_mib=config.runtime.host_overhead_memory,
         kernel_params=hv.kernel_params,
+        dynamic=not config.runtime.static_sandbox_resource_mgmt and hv.machine_type == "pc",
+        max_vcpus=size.max_vcpus,
+        max_memory_mib=size.max_memory_mib,
+        memory_slots=hv.memory_slots,
     )
 
 

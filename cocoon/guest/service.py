@@ -140,6 +140,15 @@ class AgentService:
 
         return read_stats(self.containers.cgroup_dir(req.container_id))
 
+    async def OnlineCPUMem(self, req: w.OnlineCPUMemRequest) -> w.OnlineCPUMemResponse:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + req.timeout
+        while True:
+            cpus, mem = system.online_cpus_and_memory()
+            if cpus >= req.nb_cpus or loop.time() > deadline:
+                return w.OnlineCPUMemResponse(cpus, mem)
+            await asyncio.sleep(0.02)  # the ACPI hotplug event is still on its way
+
     # -- wiring ----------------------------------------------------------------
     def register(self, server: Server) -> None:
         for name, (req_type, _resp_type) in w.METHODS.items():

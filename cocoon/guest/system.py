@@ -139,3 +139,37 @@ def find_port(name: str) -> str:
 def uptime() -> float:
     with open("/proc/uptime", encoding="utf-8") as fh:
         return float(fh.read().split()[0])
+
+
+def online_cpus_and_memory() -> tuple[int, int]:
+    """Online every offline CPU and memory block; return (online CPUs, MemTotal kB)."""
+    base = "/sys/devices/system"
+    for kind, value in (("cpu", "1"), ("memory", "online")):
+        try:
+            entries = os.listdir(f"{base}/{kind}")
+        except OSError:
+            continue
+        for entry in entries:
+            attr = "online" if kind == "cpu" else "state"
+            path = f"{base}/{kind}/{entry}/{attr}"
+            if not entry.startswith(kind) or not entry[len(kind) :].isdigit():
+                continue
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    state = fh.read().strip()
+                if state in ("0", "offline"):
+                    with open(path, "w", encoding="utf-8") as fh:
+                        fh.write(value)
+            except OSError:
+                continue
+    online = 0
+    with open(f"{base}/cpu/online", encoding="utf-8") as fh:
+        for part in fh.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            online += int(hi or lo) - int(lo) + 1
+    mem = 0
+    with open("/proc/meminfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1])
+    return online, mem

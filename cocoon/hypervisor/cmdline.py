@@ -47,12 +47,31 @@ class VMPlan:
     memory_mib: int = 256
     share: SharePlan | None = None
     extra_kernel_params: tuple[str, ...] = field(default_factory=tuple)
+    # Hotplug ceilings (pc only): more vCPU slots and DIMM room than booted with.
+    max_vcpus: int = 0
+    max_memory_mib: int = 0
+    memory_slots: int = 0
+
+    @property
+    def cpu_hotplug(self) -> bool:
+        return self.machine == "pc" and self.max_vcpus > self.vcpus
+
+    @property
+    def memory_hotplug(self) -> bool:
+        return (
+            self.machine == "pc" and self.memory_slots > 0 and self.max_memory_mib > self.memory_mib
+        )
 
     def __post_init__(self) -> None:
         if self.machine not in MACHINES:
             raise ValueError(f"unsupported machine type {self.machine!r}")
         if self.accel not in ("tcg", "kvm"):
             raise ValueError(f"unsupported accelerator {self.accel!r}")
+
+
+def _hotplug_params(plan: VMPlan) -> list[str]:
+    """Hot-added memory comes online by itself; ``maxmem`` must not force a 64 MiB SWIOTLB."""
+    return ["memhp_default_state=online", "swiotlb=noforce"] if plan.memory_hotplug else []
 
 
 def _bus(plan: VMPlan, device: str) -> str:
@@ -77,9 +96,13 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-cpu",
         "host" if plan.accel == "kvm" else "qemu64",
         "-smp",
-        str(plan.vcpus),
+        f"{plan.vcpus},maxcpus={plan.max_vcpus}" if plan.cpu_hotplug else str(plan.vcpus),
         "-m",
-        f"{plan.memory_mib}M",
+        (
+            f"{plan.memory_mib}M,slots={plan.memory_slots},maxmem={plan.max_memory_mib}M"
+            if plan.memory_hotplug
+            else f"{plan.memory_mib}M"
+        ),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -91,7 +114,7 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-initrd",
         str(plan.initrd),
         "-append",
-        " ".join([BASE_KERNEL_PARAMS, *plan.extra_kernel_params]),
+        " ".join([BASE_KERNEL_PARAMS, *_hotplug_params(plan), *plan.extra_kernel_params]),
         # Guest console (kernel, init and agent logs) into a file.
         "-chardev",
         f"file,id=console,path={plan.console_log}",

@@ -136,6 +136,38 @@ class QemuVM:
     async def device_add(self, driver: str, dev_id: str, **props: Any) -> None:
         await self.execute("device_add", {"driver": driver, "id": dev_id, **props})
 
+    async def hotplug_vcpus(self, target: int) -> int:
+        """Add vCPUs until ``target`` are plugged; return how many are plugged now."""
+        slots = await self.execute("query-hotpluggable-cpus")
+        plugged = sum(1 for s in slots if s.get("qom-path"))
+        free = sorted(
+            (s for s in slots if not s.get("qom-path")),
+            key=lambda s: tuple(
+                s["props"].get(k, 0) for k in ("socket-id", "core-id", "thread-id")
+            ),
+        )
+        for slot in free[: max(0, target - plugged)]:
+            props = slot["props"]
+            dev_id = "cpu-" + "-".join(
+                str(props.get(k, 0)) for k in ("socket-id", "core-id", "thread-id")
+            )
+            await self.device_add(slot["type"], dev_id, **props)
+            plugged += 1
+        return plugged
+
+    async def hotplug_memory(self, size_mib: int, index: int) -> None:
+        """Add one DIMM of ``size_mib`` (a multiple of 128 MiB, the guest's block size)."""
+        await self.execute(
+            "object-add",
+            {"qom-type": "memory-backend-ram", "id": f"hpmem{index}", "size": size_mib << 20},
+        )
+        try:
+            await self.device_add("pc-dimm", f"dimm{index}", memdev=f"hpmem{index}")
+        except CocoonError:
+            with contextlib.suppress(CocoonError):
+                await self.execute("object-del", {"id": f"hpmem{index}"})
+            raise
+
     async def wait(self, timeout: float | None = None) -> int | None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.exited.wait(), timeout)

@@ -97,6 +97,13 @@ async def _main(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, done.set)
     sandbox.on_host_process = cgroup.add if cgroup is not None else None
+    if cgroup is not None:
+        host_cg = cgroup
+
+        def grow(guest_mib: int) -> None:
+            host_cg.set_memory(guest_mib, settings.host_overhead_mib)
+
+        sandbox.on_memory_growth = grow
     server = Server()
     ServiceAPI(sandbox, done.set).register(server)
     rpc = await server.listen_unix(str(paths.service_sock))

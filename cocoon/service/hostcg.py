@@ -68,6 +68,21 @@ class HostCgroup:
         if self.plan.skipped:
             log.warning("host cgroup limits not available here: %s", ", ".join(self.plan.skipped))
 
+    def set_memory(self, guest_mib: int, overhead_mib: int) -> None:
+        """Raise the memory limit for a guest that grows (hotplug)."""
+        value = str((guest_mib + overhead_mib) * hc.MIB)
+        writes = []
+        for w in self.plan.writes:
+            if w.path.endswith(("/memory.max", "/memory.limit_in_bytes")):
+                fd = os.open(w.path, os.O_WRONLY)
+                try:
+                    os.write(fd, value.encode())
+                finally:
+                    os.close(fd)
+                w = hc.Write(w.path, value, w.optional)
+            writes.append(w)
+        self.plan.writes = writes
+
     def add(self, pid: int) -> None:
         hc.add_pid(self.plan, pid)
 

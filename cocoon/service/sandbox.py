@@ -33,6 +33,12 @@ from cocoon.errors import (
 from cocoon.hypervisor.cmdline import SHARE_TAG, SharePlan, VMPlan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
 from cocoon.oci.spec import load_bundle
+from cocoon.resources.sizing import (
+    Workload,
+    container_workload,
+    dynamic_size,
+    resources_workload,
+)
 from cocoon.service import persist
 from cocoon.service.stdio import Relays
 from cocoon.storage.share import GUEST_SHARE, SharedDir, plan_container
@@ -41,6 +47,7 @@ from cocoon.wire import agent as w
 
 log = logging.getLogger("cocoon.sandbox")
 IO_DRAIN_TIMEOUT = 5.0
+MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
 
 
 class SandboxState(enum.Enum):
@@ -71,6 +78,7 @@ class ContainerRecord:
     annotations: dict[str, str] = field(default_factory=dict)
     host_pids: dict[str, int] = field(default_factory=dict)  # exec id ("" = init) → stub
     terminal: bool = False
+    workload: Workload = field(default_factory=Workload)  # what dynamic sizing counts
 
 
 class Sandbox:
@@ -94,6 +102,12 @@ class Sandbox:
         # Called with each host PID that stands for a guest process (the stubs),
         # so it joins the VMM's host cgroup.
         self.on_host_process: Callable[[int], None] | None = None
+        # Called with the guest's new memory (MiB) before it grows (the host limit).
+        self.on_memory_growth: Callable[[int], None] | None = None
+        self.vcpus = settings.vcpus
+        self.memory_mib = settings.memory_mib
+        self._dimms = 0
+        self._resize_lock = asyncio.Lock()
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -141,6 +155,10 @@ class Sandbox:
             vcpus=self.settings.vcpus,
             memory_mib=self.settings.memory_mib,
             share=share,
+            extra_kernel_params=tuple(self.settings.kernel_params.split()),
+            max_vcpus=self.settings.max_vcpus if self.settings.dynamic else 0,
+            max_memory_mib=self.settings.max_memory_mib if self.settings.dynamic else 0,
+            memory_slots=self.settings.memory_slots if self.settings.dynamic else 0,
         )
         self.vm = QemuVM(plan, self.paths.qemu_log)
         await self.vm.start()
@@ -239,6 +257,8 @@ class Sandbox:
         bundle = load_bundle(bundle_dir)
         plan = plan_container(cid, bundle.spec, bundle.rootfs, bundle.readonly_rootfs)
         agent = await self.ready()
+        workload = container_workload(bundle.spec)
+        await self.grow_to([*self._workloads(), workload])
         self.share.apply_binds(plan.binds)
         try:
             await agent.create_container(
@@ -255,7 +275,11 @@ class Sandbox:
             raise
         self._mark("container_created")
         ctr = ContainerRecord(
-            cid, bundle.path, annotations=bundle.annotations, terminal=bundle.terminal
+            cid,
+            bundle.path,
+            annotations=bundle.annotations,
+            terminal=bundle.terminal,
+            workload=workload,
         )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
@@ -354,7 +378,61 @@ class Sandbox:
         if ctr.status == "stopped":
             raise FailedPrecondition(f"container {cid!r} is stopped")
         agent = await self.ready()
+        new = resources_workload(resources, "resources")
+        workload = Workload(
+            cpus=new.cpus if "cpu" in resources else ctr.workload.cpus,
+            memory_bytes=new.memory_bytes if "memory" in resources else ctr.workload.memory_bytes,
+            cpuset_cpus=new.cpuset_cpus if "cpu" in resources else ctr.workload.cpuset_cpus,
+        )
+        others = [
+            c.workload for c in self.containers.values() if c.id != cid and c.status != "stopped"
+        ]
+        await self.grow_to([*others, workload])  # grow first, so the new limits fit
         await agent.update_container(cid, resources)
+        ctr.workload = workload
+
+    def _workloads(self) -> list[Workload]:
+        return [c.workload for c in self.containers.values() if c.status != "stopped"]
+
+    async def grow_to(self, workloads: list[Workload]) -> None:
+        """Grow the VM (dynamic sizing, pc): Kata's formula over the running containers.
+
+        Never shrinks. Raises CocoonError naming what could not be added; what was
+        added stays (and is reported in the error).
+        """
+        if not self.settings.dynamic or self.vm is None or self.agent is None:
+            return
+        target = dynamic_size(
+            self.settings.vcpus,
+            self.settings.memory_mib,
+            workloads,
+            self.settings.max_vcpus,
+            self.settings.max_memory_mib,
+        )
+        async with self._resize_lock:
+            if target.vcpus > self.vcpus:
+                plugged = await self.vm.hotplug_vcpus(target.vcpus)
+                online = await self.agent.online_cpu_mem(plugged)
+                self.vcpus = online.online_cpus
+                log.info("vCPUs: %d online (wanted %d)", self.vcpus, target.vcpus)
+                if self.vcpus < target.vcpus:
+                    raise CocoonError(f"only {self.vcpus} of {target.vcpus} vCPUs came online")
+            grow = target.memory_mib - self.memory_mib
+            room = self.settings.max_memory_mib - self.memory_mib
+            if grow > 0 and self._dimms < self.settings.memory_slots:
+                size = min(
+                    -(-grow // MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB,
+                    room // MEMORY_BLOCK_MIB * MEMORY_BLOCK_MIB,
+                )
+                if size > 0:
+                    if self.on_memory_growth is not None:
+                        self.on_memory_growth(self.memory_mib + size)
+                    await self.vm.hotplug_memory(size, self._dimms)
+                    self._dimms += 1
+                    self.memory_mib += size
+                    online = await self.agent.online_cpu_mem(self.vcpus)
+                    log.info("memory: +%d MiB, guest MemTotal %d kB", size, online.mem_total_kib)
+            self._mark("resized")
 
     async def ps(self, cid: str) -> tuple[list[int], list[w.ProcessInfo]]:
         ctr = self.get(cid)

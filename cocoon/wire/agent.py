@@ -163,6 +163,20 @@ class StatsResponse:
     io_stat: dict[str, dict[str, int]] = field(default_factory=dict)  # "maj:min" → counters
 
 
+@dataclass
+class OnlineCPUMemRequest:
+    """Bring hot-added vCPUs (and any offline memory) online; wait for ``nb_cpus``."""
+
+    nb_cpus: int
+    timeout: float = 10.0
+
+
+@dataclass
+class OnlineCPUMemResponse:
+    online_cpus: int
+    mem_total_kib: int
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Check": (Empty, CheckResponse),
     "CreateSandbox": (CreateSandboxRequest, Empty),
@@ -183,4 +197,5 @@ METHODS: dict[str, tuple[type, type]] = {
     "ResumeContainer": (ContainerRequest, Empty),
     "UpdateContainer": (UpdateContainerRequest, Empty),
     "StatsContainer": (ContainerRequest, StatsResponse),
+    "OnlineCPUMem": (OnlineCPUMemRequest, OnlineCPUMemResponse),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.e2e.conftest import Env
@@ -89,3 +90,34 @@ def test_malformed_configuration(env: Env) -> None:
     good.write_text("[hypervisor.qemu]\ndefault_memory = 512\n")
     out = json.loads(env.run("--config", str(good), "env", "--json").stdout)
     assert out["hypervisor"]["qemu"]["default_memory"] == 512
+
+
+def test_dynamic_sizing_hotplugs_vcpus_and_memory(env: Env) -> None:
+    b = env.bundle(["/bin/sh", "-c", "nproc; grep MemTotal /proc/meminfo"])
+    spec = json.loads((b / "config.json").read_text())
+    spec["linux"]["resources"] = {
+        "memory": {"limit": 256 << 20},
+        "cpu": {"quota": 150000, "period": 100000},
+    }
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cd")  # boots 1 vCPU / 256 MiB, then grows
+    assert r.returncode == 0, r.stderr.decode()
+    nproc, meminfo = r.stdout.decode().splitlines()
+    assert int(nproc) == min(3, os.cpu_count() or 1)  # ceil(1 + 1.5), capped at host cores
+    assert int(meminfo.split()[1]) > 400_000  # 256 + 256 MiB (minus what the kernel keeps)
+
+
+def test_update_grows_the_vm(env: Env) -> None:
+    b = env.bundle(["/bin/sleep", "600"])
+    assert env.run("run", "-d", "--bundle", str(b), "cu", capture=False).returncode == 0
+
+    def mem_total() -> int:
+        out = env.run("exec", "cu", "/bin/grep", "MemTotal", "/proc/meminfo").stdout
+        return int(out.split()[1])
+
+    before = mem_total()
+    res = env.work / "res.json"
+    res.write_text(json.dumps({"memory": {"limit": 384 << 20}}))
+    assert env.run("update", "--resources", str(res), "cu").returncode == 0
+    assert mem_total() >= before + 384 * 1024
+    assert env.run("delete", "--force", "cu").returncode == 0

@@ -76,3 +76,17 @@ def test_kvm_uses_host_cpu() -> None:
 def test_bad_plans_are_refused(kw: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         plan(**kw)
+
+
+def test_hotplug_ceilings_on_pc_only() -> None:
+    p = pairs(
+        build_argv(plan(vcpus=1, max_vcpus=4, memory_mib=256, max_memory_mib=2048, memory_slots=8))
+    )
+    assert ("-smp", "1,maxcpus=4") in p
+    assert ("-m", "256M,slots=8,maxmem=2048M") in p
+    assert "memhp_default_state=online swiotlb=noforce" in dict(p)["-append"]
+    micro = pairs(
+        build_argv(plan(machine="microvm", max_vcpus=4, max_memory_mib=2048, memory_slots=8))
+    )
+    assert ("-smp", "1") in micro and ("-m", "256M") in micro
+    assert "memhp_default_state" not in dict(micro)["-append"]
