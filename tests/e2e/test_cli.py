@@ -225,6 +225,13 @@ def test_update_memory_limit_reaches_the_guest_cgroup(env: Env) -> None:
     )
     assert r.returncode == 0
     assert env.run("exec", "cu", "/bin/cat", "/sys/fs/cgroup/pids.max").stdout == b"7\n"
+    r = env.run(
+        "update", "--cpu-quota", "50000", "--cpu-period", "100000", "--blkio-weight", "500", "cu"
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    r = env.run("exec", "cu", "/bin/cat", "/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/io.weight")
+    # OCI's blkio weight (10..1000) becomes cgroup v2's io.weight (1..10000): 500 → 4950.
+    assert r.stdout.decode().splitlines()[:2] == ["50000 100000", "default 4950"]
     assert env.run("delete", "--force", "cu").returncode == 0
 
 

@@ -121,3 +121,14 @@ def test_update_grows_the_vm(env: Env) -> None:
     assert env.run("update", "--resources", str(res), "cu").returncode == 0
     assert mem_total() >= before + 384 * 1024
     assert env.run("delete", "--force", "cu").returncode == 0
+
+
+def test_kernel_params_annotation_reaches_the_guest_kernel(env: Env) -> None:
+    b = _annotated(
+        env,
+        ["/bin/cat", "/proc/cmdline"],
+        {"io.cocoon.config.hypervisor.kernel_params": "cocoon.test=42"},
+    )
+    r = env.run("run", "--bundle", str(b), "ck")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "cocoon.test=42" in r.stdout.decode().split()
