@@ -15,6 +15,7 @@ from cocoon.oci.ids import validate_id
 from cocoon.service.persist import SandboxPaths
 
 if TYPE_CHECKING:
+    from cocoon.assets import GuestAssets
     from cocoon.config.schema import Config
     from cocoon.config.settings import Settings
 
@@ -52,7 +53,10 @@ def effective_config(args: argparse.Namespace) -> Config:
 
 
 def sandbox_settings(
-    args: argparse.Namespace, spec: dict[str, Any], annotations: dict[str, str]
+    args: argparse.Namespace,
+    spec: dict[str, Any],
+    annotations: dict[str, str],
+    base: Config | None = None,
 ) -> Settings:
     """Configuration file + the container's annotations (allowlisted) + sizing."""
     import os
@@ -61,9 +65,31 @@ def sandbox_settings(
     from cocoon.config.settings import host_memory_mib, resolve
     from cocoon.resources.sizing import boot_size
 
-    config = apply_annotations(effective_config(args), annotations)
+    config = apply_annotations(base or effective_config(args), annotations)
     size = boot_size(config, spec, os.cpu_count() or 1, host_memory_mib())
     return resolve(config, size)
+
+
+def with_configured_files(assets: GuestAssets, config: Config) -> GuestAssets:
+    """``[hypervisor.qemu] kernel/initrd/image``, when set, replace the cached assets."""
+    from cocoon.assets import GuestAssets
+
+    def pick(field: str, value: str, cached: Path) -> Path:
+        if not value:
+            return cached
+        path = Path(value)
+        if not path.is_absolute() or not path.is_file():
+            raise InvalidArgument(f"[hypervisor.qemu] {field}: {value} is not a file")
+        return path
+
+    hv = config.hypervisor
+    return GuestAssets(
+        kernel=pick("kernel", hv.kernel, assets.kernel),
+        initrd=pick("initrd", hv.initrd, assets.initrd),
+        image=pick("image", hv.image, assets.image),
+        key=assets.key,
+        kernel_version=assets.kernel_version,
+    )
 
 
 def prepare_sandbox(
@@ -94,11 +120,12 @@ def prepare_sandbox(
         raise InvalidArgument(f"unsupported in {bundle.path}/config.json: {errors[0]}")
     for warning in warnings:
         reporter.warn(warning)
-    settings = sandbox_settings(args, bundle.spec, bundle.annotations)
+    config = effective_config(args)
+    settings = sandbox_settings(args, bundle.spec, bundle.annotations, config)
     from cocoon.service.hostcg import plan_for
 
     plan_for(bundle.spec, paths.id, settings.memory_mib, settings.host_overhead_mib)
-    assets = locate(assets_dir(args.assets_dir))
+    assets = with_configured_files(locate(assets_dir(args.assets_dir)), config)
     paths.check_socket_lengths()
     if paths.dir.exists():
         raise AlreadyExists(f"container {paths.id!r} already exists")

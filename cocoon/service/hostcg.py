@@ -28,13 +28,18 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
     """The plan for a container; raises InvalidArgument for a path we cannot honour."""
     linux = spec.get("linux") or {}
     cgroups_path = linux.get("cgroupsPath") or None
-    shares = ((linux.get("resources") or {}).get("cpu") or {}).get("shares")
+    resources = linux.get("resources") or {}
+    shares = (resources.get("cpu") or {}).get("shares")
+    weight = (resources.get("blockIO") or {}).get("weight")
     plan = hc.plan_from_spec(
         cgroups_path,
         cid,
         memory_mib,
         overhead_mib,
         cpu_shares=shares if isinstance(shares, int) and shares > 0 else None,
+        # The pod's share of the host's disks among other pods; skipped (with a
+        # warning in the service log) where the host has no blkio/io weight file.
+        blkio_weight=weight if isinstance(weight, int) and weight > 0 else None,
         default_parent=DEFAULT_PARENT,
     )
     assert plan is not None  # a default parent always gives a plan

@@ -132,3 +132,30 @@ def test_kernel_params_annotation_reaches_the_guest_kernel(env: Env) -> None:
     r = env.run("run", "--bundle", str(b), "ck")
     assert r.returncode == 0, r.stderr.decode()
     assert "cocoon.test=42" in r.stdout.decode().split()
+
+
+def test_static_sizing_from_cri_sandbox_annotations(env: Env) -> None:
+    conf = env.work / "static.toml"
+    conf.write_text("[runtime]\nstatic_sandbox_resource_mgmt = true\n")
+    b = _annotated(
+        env,
+        ["/bin/sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        {
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-cpu-quota": "100000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-memory": str(128 << 20),
+        },
+    )
+    r = env.run("--config", str(conf), "run", "--bundle", str(b), "cc")
+    assert r.returncode == 0, r.stderr.decode()
+    nproc, meminfo = r.stdout.decode().splitlines()
+    assert nproc == "2"  # 1 default + 1 from the pod's annotations
+    assert 300_000 < int(meminfo.split()[1]) <= 384 * 1024  # 256 + 128 MiB
+
+
+def test_configured_kernel_must_exist(env: Env) -> None:
+    conf = env.work / "k.toml"
+    conf.write_text('[hypervisor.qemu]\nkernel = "/nonexistent/vmlinux"\n')
+    r = env.run("--config", str(conf), "run", "--bundle", str(env.bundle(["true"])), "ck")
+    assert r.returncode == 1 and b"kernel: /nonexistent/vmlinux is not a file" in r.stderr
