@@ -159,3 +159,16 @@ def test_configured_kernel_must_exist(env: Env) -> None:
     conf.write_text('[hypervisor.qemu]\nkernel = "/nonexistent/vmlinux"\n')
     r = env.run("--config", str(conf), "run", "--bundle", str(env.bundle(["true"])), "ck")
     assert r.returncode == 1 and b"kernel: /nonexistent/vmlinux is not a file" in r.stderr
+
+
+def test_sysctls_namespaced_applied_others_refused(env: Env) -> None:
+    ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
+    ok = env.bundle(
+        ["/bin/cat", "/proc/sys/net/ipv4/ip_forward"],
+        linux={"namespaces": ns, "sysctl": {"net.ipv4.ip_forward": "1"}},
+    )
+    r = env.run("run", "--bundle", str(ok), "sy1")
+    assert r.returncode == 0 and r.stdout == b"1\n", r.stderr.decode()
+    bad = env.bundle(["/bin/true"], linux={"namespaces": ns, "sysctl": {"vm.swappiness": "10"}})
+    r = env.run("run", "--bundle", str(bad), "sy2")
+    assert r.returncode == 1 and b"vm.swappiness" in r.stderr and b"not namespaced" in r.stderr
