@@ -136,16 +136,6 @@ async def _create_in_guest(paths: SandboxPaths, bundle: Path) -> None:
         await client.close()
 
 
-async def _register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
-    from cocoon.service.client import ServiceClient
-
-    client = await ServiceClient.connect(paths)
-    try:
-        await client.register_process(paths.id, exec_id, pid, join_cgroup=True)
-    finally:
-        await client.close()
-
-
 def _destroy(paths: SandboxPaths) -> None:
     """Tear a half-made sandbox down: ask the service, then make sure."""
     from cocoon.procutil import alive
@@ -202,7 +192,7 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
                     args.log_format,
                     new_netns=wants_new_netns(spec),
                 )
-                asyncio.run(_register(paths, "", pid))
+                stub.register(paths, "", pid)
                 create_hooks(paths, bundle, spec, pid, reporter)
                 write_pid_file(args.pid_file, pid)
             except BaseException:

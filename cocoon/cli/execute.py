@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     asyncio.run(_exec(paths, exec_id, proc))
     if args.detach:
         pid = stub.spawn(paths, paths.id, exec_id, args.console_socket, args.log, args.log_format)
-        asyncio.run(_register(paths, exec_id, pid))
+        stub.register(paths, exec_id, pid)
         write_pid_file(args.pid_file, pid)
         return 0
     write_pid_file(args.pid_file, os.getpid())
@@ -110,16 +110,6 @@ async def _exec(paths: SandboxPaths, exec_id: str, proc: dict[str, Any]) -> None
     client = await ServiceClient.connect(paths)
     try:
         await client.exec(paths.id, exec_id, proc, True)
-    finally:
-        await client.close()
-
-
-async def _register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
-    from cocoon.service.client import ServiceClient
-
-    client = await ServiceClient.connect(paths)
-    try:
-        await client.register_process(paths.id, exec_id, pid, join_cgroup=True)
     finally:
         await client.close()
 

@@ -134,6 +134,20 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 
 
+def register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
+    """Tell the service which host PID stands for the process; it joins the VMM's cgroup."""
+    from cocoon.service import quick
+
+    quick.call(
+        paths,
+        "RegisterProcess",
+        container_id=paths.id,
+        exec_id=exec_id,
+        host_pid=pid,
+        join_cgroup=True,
+    )
+
+
 def _unshare(flag: int) -> None:
     import ctypes
 
