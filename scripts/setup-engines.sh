@@ -13,25 +13,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-missing=""
-for p in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-
-if [ -n "$missing" ]; then
-    echo "setup-engines: installing Debian packages:$missing"
-    apt-get update -qq
-    # policy-rc.d: keep the postinst scripts from starting containerd/docker.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-    rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-else
-    echo "setup-engines: all packages present"
-fi
+# shellcheck disable=SC2086
+"$(dirname "$0")/apt-install.sh" setup-engines $PACKAGES
 
 # The binaries the tests use, by absolute path (/usr/local/bin/docker may be a newer
 # static client; the tests use Debian's /usr/bin/docker explicitly).

@@ -7,21 +7,8 @@ cd "$(dirname "$0")/.."
 PACKAGES="qemu-system-x86 qemu-utils linux-image-amd64 busybox-static mmdebstrap erofs-utils
 e2fsprogs crun runc cpio kmod zstd iproute2 python3 python3-venv ca-certificates"
 
-missing=""
-for p in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "setup: installing Debian packages:$missing"
-    apt-get update -qq
-    # Keep postinst scripts from starting services on hosts without systemd.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-    rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-fi
+# shellcheck disable=SC2086
+./scripts/apt-install.sh setup $PACKAGES
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
