@@ -282,11 +282,18 @@ class FactoryConfig:
     """``[factory]``."""
 
     enable_template: bool = field(
-        default=False, metadata=_meta(BOOL, "Boot VMs from a template VM (needs virtio-9p).")
+        default=True,
+        metadata=_meta(
+            BOOL, "Start VMs as clones of a saved template VM (needs virtio-9p); else cold boot."
+        ),
     )
     template_path: str = field(
         default="",
-        metadata=_meta(OPT_PATH, 'Where the template lives; "" = under the runtime root.'),
+        metadata=_meta(
+            OPT_PATH,
+            'Directory of the templates (root only); "" = /var/lib/cocoon/templates.',
+            annotatable=False,
+        ),
     )
 
 

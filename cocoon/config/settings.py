@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from cocoon.errors import InvalidArgument
 
+DEFAULT_TEMPLATE_DIR = "/var/lib/cocoon/templates"
+
 if TYPE_CHECKING:
     from cocoon.config.schema import Config
     from cocoon.resources.sizing import SandboxSize
@@ -40,6 +42,9 @@ class Settings:
     max_vcpus: int = 0
     max_memory_mib: int = 0
     memory_slots: int = 0
+    # VM templates (cocoon.factory): clone instead of booting, where possible.
+    template: bool = False
+    template_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +77,8 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         max_vcpus=size.max_vcpus,
         max_memory_mib=size.max_memory_mib,
         memory_slots=hv.memory_slots,
+        template=config.factory.enable_template,
+        template_dir=config.factory.template_path or DEFAULT_TEMPLATE_DIR,
     )
 
 

@@ -19,6 +19,7 @@ BASE_KERNEL_PARAMS = (
     "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cocoon.root=/dev/vda"
 )
 SHARE_TAG = "cocoon"
+MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
 MACHINES = ("pc", "microvm")
 
 
@@ -51,6 +52,11 @@ class VMPlan:
     max_vcpus: int = 0
     max_memory_mib: int = 0
     memory_slots: int = 0
+    # VM templates: guest RAM in a file, shared (the template, which writes it)
+    # or private copy-on-write (a clone); a clone waits for its device state.
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    incoming: bool = False
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -63,6 +69,8 @@ class VMPlan:
         )
 
     def __post_init__(self) -> None:
+        if self.memory_file is not None and self.share is not None and self.share.kind != "9p":
+            raise ValueError("a file-backed (template) VM cannot use virtio-fs")
         if self.machine not in MACHINES:
             raise ValueError(f"unsupported machine type {self.machine!r}")
         if self.accel not in ("tcg", "kvm"):
@@ -81,9 +89,10 @@ def _bus(plan: VMPlan, device: str) -> str:
 
 def build_argv(plan: VMPlan) -> list[str]:
     """The full QEMU argv for ``plan``."""
-    memory_backend = plan.share is not None and plan.share.kind == "virtiofs"
+    virtiofs = plan.share is not None and plan.share.kind == "virtiofs"
     machine = plan.machine
-    if plan.machine == "microvm" and memory_backend:
+    # Guest RAM from the "mem" backend object (pc + virtio-fs uses a NUMA node instead).
+    if plan.memory_file is not None or (plan.machine == "microvm" and virtiofs):
         machine += ",memory-backend=mem"
     argv = [
         plan.qemu,
@@ -146,8 +155,21 @@ def build_argv(plan: VMPlan) -> list[str]:
     # Entropy from the host: qemu64 under TCG has no RDRAND, and without this
     # the guest CRNG takes seconds to initialise (early getrandom() blocks).
     argv += ["-device", f"{_bus(plan, 'virtio-rng')},id=rng0"]
+    if plan.machine == "pc":
+        # A fresh generation ID in every QEMU process: a restored clone's
+        # kernel reseeds its CRNG ("virtual machine fork"). No-op on a cold boot.
+        argv += ["-device", "vmgenid,id=vmgenid0"]
     if plan.share is not None:
         argv += _share_args(plan, plan.share)
+    if plan.memory_file is not None:
+        share = "on" if plan.memory_shared else "off"
+        argv += [
+            "-object",
+            f"memory-backend-file,id=mem,size={plan.memory_mib}M,"
+            f"mem-path={plan.memory_file},share={share}",
+        ]
+    if plan.incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 
