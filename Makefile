@@ -33,4 +33,5 @@ lint:
 
 bench: setup
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/templates.py
 	.venv/bin/python bench/cli.py

@@ -34,9 +34,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     return _destroy(store)
 
 
-def _default(
-    args: argparse.Namespace, reporter: Reporter | None
-) -> tuple[Store, VMPlan, bool]:
+def _default(args: argparse.Namespace, reporter: Reporter | None) -> tuple[Store, VMPlan, bool]:
     """The template store and the plan of a default sandbox (no container limits)."""
     from cocoon.assets import locate
     from cocoon.cli.common import effective_config, sandbox_settings, with_configured_files

@@ -191,6 +191,20 @@ class HypervisorConfig:
         ),
     )
     memory_slots: int = field(default=10, metadata=_meta(_int(1), "DIMM slots for memory hotplug."))
+    reclaim_guest_freed_memory: bool = field(
+        default=False,
+        metadata=_meta(
+            BOOL,
+            "Free page reporting: memory the guest frees returns to the host (cold boots only).",
+        ),
+    )
+    tcg_tb_size: int = field(
+        default=0,
+        metadata=_meta(
+            _int(0, " (MiB, 0 = QEMU's default)"),
+            "TCG translation cache per VM (software emulation): memory against re-translation.",
+        ),
+    )
     shared_fs: str = field(
         default="virtio-9p",
         metadata=_meta(

@@ -37,6 +37,8 @@ class Settings:
     # cgroup's limit.
     host_overhead_mib: int = 384
     kernel_params: str = ""  # appended to Cocoon's boot parameters
+    tcg_tb_size: int = 0  # MiB of TCG translation cache; 0 = QEMU's default
+    free_page_reporting: bool = False
     # Dynamic sizing: hot-plug up to these as containers come (pc only).
     dynamic: bool = False
     max_vcpus: int = 0
@@ -73,6 +75,8 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         agent_timeout=config.agent.dial_timeout,
         host_overhead_mib=config.runtime.host_overhead_memory,
         kernel_params=hv.kernel_params,
+        tcg_tb_size=hv.tcg_tb_size,
+        free_page_reporting=hv.reclaim_guest_freed_memory,
         dynamic=not config.runtime.static_sandbox_resource_mgmt and hv.machine_type == "pc",
         max_vcpus=size.max_vcpus,
         max_memory_mib=size.max_memory_mib,

@@ -203,6 +203,24 @@ class Store:
         os.rename(work, target)
         return Template(target, meta)
 
+    def prune_stale(self) -> list[str]:
+        """Remove templates whose kernel, initrd, image or QEMU changed: they never match again.
+
+        Called under the lock when a template is made, so asset rebuilds do
+        not pile up templates on disk.
+        """
+        removed = []
+        for tdir in self.all():
+            try:
+                problem = self.problem(self.load(tdir))
+            except CocoonError:
+                continue
+            if problem.startswith("stale"):
+                self.remove(tdir)
+                self.record(f"removed template {tdir.name[:12]}: {problem}")
+                removed.append(tdir.name)
+        return removed
+
     def remove(self, tdir: Path) -> None:
         """Delete a template; clones running from it keep their mapping (the inode lives on)."""
         trash = tdir.with_name(f".{tdir.name}.trash-{os.getpid()}")

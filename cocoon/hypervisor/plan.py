@@ -39,6 +39,8 @@ def vm_plan(
         memory_mib=settings.memory_mib,
         share=share,
         extra_kernel_params=tuple(settings.kernel_params.split()),
+        tcg_tb_size=settings.tcg_tb_size,
+        free_page_reporting=settings.free_page_reporting,
         max_vcpus=settings.max_vcpus if dynamic else 0,
         max_memory_mib=settings.max_memory_mib if dynamic else 0,
         memory_slots=settings.memory_slots if dynamic else 0,

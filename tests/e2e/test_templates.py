@@ -195,7 +195,38 @@ def test_a_template_made_stale_by_new_assets_is_not_used(env: Env) -> None:
     assert "stale" in status
     p = env.run("run", "--bundle", str(env.bundle(["/bin/true"])), "c3", env=cfg)
     assert p.returncode == 0, p.stderr.decode()
-    now = templates(store)
-    assert old in now and len(now) == 2  # a new one made on first use; the stale one unused
-    assert "removed 2 templates" in factory(env, store, "destroy")
+    [new] = templates(store)  # made on first use; the stale one never used, then pruned
+    assert new != old
+    log = (store / "factory.log").read_text()
+    assert f"removed template {old.name[:12]}: stale" in log
+    assert "removed 1 template " in factory(env, store, "destroy")
     assert templates(store) == []
+
+
+def test_a_larger_sandbox_grows_from_the_smaller_template(env: Env) -> None:
+    store = env.work / "templates"
+    factory(env, store, "init")  # the default: 1 vCPU, 256 MiB
+    [tmpl] = templates(store)
+    bundle = env.bundle(["/bin/sh", "-c", "sleep 1; grep MemTotal /proc/meminfo"])
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["annotations"] = {"io.cocoon.config.hypervisor.default_memory": "512"}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    seen: list[str] = []
+
+    def watch() -> None:
+        for _ in range(1200):
+            cmd = qemu_cmdline_for(env.root / "big")
+            if cmd:
+                seen.append(cmd)
+                return
+            time.sleep(0.05)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        watcher = pool.submit(watch)
+        p = env.run("run", "--bundle", str(bundle), "big", env=store_env(store))
+        watcher.result()
+    assert p.returncode == 0, p.stderr.decode()
+    mem_total_kib = int(p.stdout.split()[1])
+    assert mem_total_kib > 300 * 1024  # 256 MiB booted (~200 MiB usable) + a 256 MiB DIMM
+    assert seen and f"mem-path={tmpl}/memory,share=off" in seen[0] and "-m 256M" in seen[0]
+    assert templates(store) == [tmpl]  # no second template for the larger size

@@ -71,6 +71,11 @@ def test_virtio_fs_cannot_be_templated(plan: VMPlan, tmp_path: Path) -> None:
     assert got.template is None and "virtio-fs" in got.reason
 
 
+def test_free_page_reporting_cannot_be_templated(plan: VMPlan, tmp_path: Path) -> None:
+    got = pick(Store(tmp_path / "t"), replace(plan, free_page_reporting=True))
+    assert got.template is None and "punches holes" in got.reason
+
+
 def test_missing_assets_leave_the_error_to_the_cold_boot(plan: VMPlan, tmp_path: Path) -> None:
     plan.kernel.unlink()
     got = pick(Store(tmp_path / "t"), plan)

@@ -87,3 +87,17 @@ def test_the_lock_is_exclusive_and_times_out(tmp_path: Path) -> None:
             pass
 
     asyncio.run(main())
+
+
+def test_prune_removes_only_stale_templates(plan: VMPlan, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = Store(tmp_path / "t")
+    stale = fake_template(store, plan)
+    other_image = tmp_path / "assets" / "other.erofs"
+    other_image.write_bytes(b"another image")
+    keep = fake_template(store, replace(plan, image=other_image))
+    plan.image.write_bytes(b"rebuilt")
+    assert store.prune_stale() == [stale.dir.name]
+    assert store.all() == [keep.dir]
+    assert "removed template" in (store.root / "factory.log").read_text()

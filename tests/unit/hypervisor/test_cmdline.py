@@ -55,8 +55,22 @@ def test_microvm_uses_mmio_and_modern_virtio() -> None:
     assert "virtio-9p-device,fsdev=share,mount_tag=cocoon" in devices
 
 
-def test_microvm_has_no_vmgenid() -> None:
-    assert not any("vmgenid" in a for a in build_argv(plan(machine="microvm")))
+def test_microvm_has_no_vmgenid_and_an_arat_cpu() -> None:
+    argv = build_argv(plan(machine="microvm"))
+    assert not any("vmgenid" in a for a in argv)
+    assert ("-cpu", "qemu64,+arat") in pairs(argv)
+
+
+def test_free_page_reporting() -> None:
+    assert "-device" in build_argv(plan(free_page_reporting=True))
+    p = pairs(build_argv(plan(free_page_reporting=True)))
+    assert ("-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on") in p
+    assert not any("balloon" in a for a in build_argv(plan()))
+
+
+def test_tcg_translation_cache_size() -> None:
+    assert ("-accel", "tcg,tb-size=32") in pairs(build_argv(plan(tcg_tb_size=32)))
+    assert ("-accel", "kvm") in pairs(build_argv(plan(tcg_tb_size=32, accel="kvm")))
 
 
 def test_template_ram_is_a_shared_file_and_a_clone_maps_it_private() -> None:
