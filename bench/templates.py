@@ -41,10 +41,15 @@ from tests.fixtures.bundle import make_bundle  # noqa: E402
 IDLE = 5
 
 
-def cocoon(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+def cocoon(
+    root: Path, env: dict[str, str], *args: str, detached: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI; a detached container's stub keeps its stdio, so none is captured."""
+    out = subprocess.DEVNULL if detached else subprocess.PIPE
     return subprocess.run(
         [*COCOON, "--root", str(root), *args],
-        capture_output=True,
+        stdout=out,
+        stderr=out,
         stdin=subprocess.DEVNULL,
         env={**os.environ, **env},
     )
@@ -55,9 +60,9 @@ def idle_pss(root: Path, bundle: Path, env: dict[str, str], tag: str, settle: fl
     ids = [f"{tag}{i}" for i in range(IDLE)]
     try:
         for cid in ids:
-            r = cocoon(root, env, "run", "-d", "--bundle", str(bundle), cid)
+            r = cocoon(root, env, "run", "-d", "--bundle", str(bundle), cid, detached=True)
             if r.returncode != 0:
-                raise SystemExit(f"cocoon run -d failed: {r.stderr.decode()}")
+                raise SystemExit(f"cocoon run -d {cid} failed")
         time.sleep(settle)
         total = 0
         for cid in ids:
@@ -105,6 +110,12 @@ def main() -> int:
             ready.append(t.get("sandbox_ready", float("nan")))
             slow.append(cocoon_run(root, bundle, f"c{i}", cold)[0])
             fast32.append(cocoon_run(root, bundle, f"s{i}", tb32)[0])
+            print(
+                f"run {i}: bare {bare[-1]:.2f} templated {fast[-1]:.2f} cold {slow[-1]:.2f} "
+                f"tb32 {fast32[-1]:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
         pss_t = idle_pss(root, idle, templated, "it", args.settle)
         pss_t32 = idle_pss(root, idle, tb32, "is", args.settle)
         pss_c = idle_pss(root, idle, cold, "ic", args.settle)

@@ -1,9 +1,9 @@
 """One sandbox: its VM, fs daemon, agent link, containers and processes.
 
 Sandbox states: NEW → BOOTING → READY → STOPPING → STOPPED, or DEAD when the
-VM exits on its own (then every waiter learns why). The VM boots generic and
-learns who it is afterwards (CreateSandbox: clock, randomness, hostname, the
-share), which is what VM templates will need.
+VM exits on its own (then every waiter learns why). The VM starts generic, as
+a clone of a template (cocoon.factory) or by a cold boot, and learns who it is
+afterwards (CreateSandbox: clock, randomness, hostname, the share).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ from cocoon.wire import agent as w
 
 log = logging.getLogger("cocoon.sandbox")
 IO_DRAIN_TIMEOUT = 5.0
-CLONE_AGENT_TIMEOUT = 10.0  # a clone's agent answers in ~0.2 s; far later means it is broken
+# A clone's agent answers ~0.3 s after restore (a few seconds on a loaded host);
+# far later means the template is broken, and it is removed.
+CLONE_AGENT_TIMEOUT = 15.0
 
 
 class SandboxState(enum.Enum):
