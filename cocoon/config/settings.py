@@ -40,6 +40,7 @@ class Settings:
     max_vcpus: int = 0
     max_memory_mib: int = 0
     memory_slots: int = 0
+    internetworking_model: str = "tcfilter"  # "none": the VM gets no pod NIC
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +73,7 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         max_vcpus=size.max_vcpus,
         max_memory_mib=size.max_memory_mib,
         memory_slots=hv.memory_slots,
+        internetworking_model=config.runtime.internetworking_model,
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cocoon import __version__
-from cocoon.guest import system
+from cocoon.guest import network, system
 from cocoon.guest.containers import ContainerManager
 from cocoon.guest.reaper import Reaper
 from cocoon.ttrpc.server import Server
@@ -41,9 +41,19 @@ class AgentService:
         system.reseed_random(req.seed)
         if req.hostname:
             system.sethostname(req.hostname)
+        network.write_name_files(req.hostname, req.dns, self._bind_file)
         for st in req.storages:
             self._mount_storage(st)
         self.sandbox_id = req.sandbox_id
+        return w.Empty()
+
+    @staticmethod
+    def _bind_file(source: str, target: str) -> None:
+        if not system.is_mounted(target):
+            system.mount(source, target, "", system.MS_BIND)
+
+    async def UpdateNetwork(self, req: w.UpdateNetworkRequest) -> w.Empty:
+        await network.update(self.reaper, req)
         return w.Empty()
 
     def _mount_storage(self, st: w.Storage) -> None:

@@ -33,6 +33,16 @@ class SharePlan:
 
 
 @dataclass(frozen=True)
+class NicArg:
+    """A pod NIC on the command line (microvm only: pc hot-plugs NICs over QMP)."""
+
+    netdev_id: str
+    device_id: str
+    fd: int  # an open tap fd that QEMU inherits
+    mac: str
+
+
+@dataclass(frozen=True)
 class VMPlan:
     qemu: str
     kernel: Path
@@ -51,6 +61,7 @@ class VMPlan:
     max_vcpus: int = 0
     max_memory_mib: int = 0
     memory_slots: int = 0
+    nics: tuple[NicArg, ...] = ()
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -148,6 +159,15 @@ def build_argv(plan: VMPlan) -> list[str]:
     argv += ["-device", f"{_bus(plan, 'virtio-rng')},id=rng0"]
     if plan.share is not None:
         argv += _share_args(plan, plan.share)
+    # Pod NICs: a tap fd from the pod's namespace, the guest NIC with the pod
+    # interface's MAC. No vhost-net (absent on these hosts): userspace virtio-net.
+    for nic in plan.nics:
+        argv += [
+            "-netdev",
+            f"tap,id={nic.netdev_id},fd={nic.fd}",
+            "-device",
+            f"{_bus(plan, 'virtio-net')},netdev={nic.netdev_id},id={nic.device_id},mac={nic.mac}",
+        ]
     return argv
 
 

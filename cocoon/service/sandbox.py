@@ -32,6 +32,7 @@ from cocoon.errors import (
 )
 from cocoon.hypervisor.cmdline import SHARE_TAG, SharePlan, VMPlan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
+from cocoon.network.pod import PodNetwork
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
     Workload,
@@ -108,6 +109,11 @@ class Sandbox:
         self.memory_mib = settings.memory_mib
         self._dimms = 0
         self._resize_lock = asyncio.Lock()
+        # The pod network namespace the VM carries ("" = loopback only). Set by
+        # the creator before the boot: the CLI's service daemon from state.json
+        # (resolved from the bundle's spec at create, cocoon.network.netns).
+        self.netns = ""
+        self.network: PodNetwork | None = None
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -142,6 +148,10 @@ class Sandbox:
             share = SharePlan("virtiofs", socket=self.paths.vfs_sock)
         else:
             share = SharePlan("9p", path=self.share.shared_dir)
+        self.network = PodNetwork(
+            self.netns, self.settings.internetworking_model, self.settings.machine
+        )
+        nics = await self.network.cold_nics()  # microvm only; pc hot-plugs them
         plan = VMPlan(
             qemu=self.settings.qemu,
             kernel=self.assets.kernel,
@@ -159,9 +169,10 @@ class Sandbox:
             max_vcpus=self.settings.max_vcpus if self.settings.dynamic else 0,
             max_memory_mib=self.settings.max_memory_mib if self.settings.dynamic else 0,
             memory_slots=self.settings.memory_slots if self.settings.dynamic else 0,
+            nics=nics,
         )
         self.vm = QemuVM(plan, self.paths.qemu_log)
-        await self.vm.start()
+        await self.vm.start(pass_fds=tuple(n.fd for n in nics))
         self._mark("qemu_started")
         asyncio.get_running_loop().create_task(self._watch_vm())
         self._persist_pids()
@@ -171,6 +182,7 @@ class Sandbox:
             await self.vm.kill()
             raise
         self._mark("agent_ready")
+        await self._attach_network()
         await self.agent.create_sandbox(
             w.CreateSandboxRequest(
                 sandbox_id=self.paths.id,
@@ -189,6 +201,12 @@ class Sandbox:
         )
         self._mark("sandbox_ready")
         self.state = SandboxState.READY
+
+    async def _attach_network(self) -> None:
+        """The pod NICs into the VM and the guest, before CreateSandbox (Kata's order)."""
+        assert self.vm is not None and self.agent is not None and self.network is not None
+        await self.network.attach(self.vm, self.agent)
+        self._mark("network_ready")
 
     async def _connect_agent(self) -> AgentClient:
         assert self.vm is not None
@@ -507,5 +525,7 @@ class Sandbox:
             await self.agent.close()
         if self.fsd is not None:
             await self.fsd.stop()
+        if self.network is not None:
+            await self.network.teardown()  # after QEMU: it held the taps
         self.state = SandboxState.STOPPED
         self.stopped.set()

@@ -1,0 +1,120 @@
+"""One sandbox's pod network: scan, plan, taps, NICs in the VM, guest setup, teardown.
+
+States: NEW → PREPARED (taps and redirects exist, fds held) → ATTACHED (QEMU
+has the NICs, the guest is configured) → REMOVED. On ``pc`` the NICs are
+hot-plugged over QMP once the VM is up (cold boots and template clones alike:
+a template must hold no NIC, its MAC would be in every clone); ``microvm`` has
+no hotplug, so there they are on the command line (:meth:`cold_nics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from cocoon.hypervisor.cmdline import NicArg
+from cocoon.network.plan import NetworkPlan, plan_network
+
+if TYPE_CHECKING:
+    from cocoon.agent.client import AgentClient
+    from cocoon.hypervisor.qemu import QemuVM
+
+log = logging.getLogger("cocoon.network")
+
+
+class NetState(enum.Enum):
+    NEW = "new"
+    PREPARED = "prepared"
+    ATTACHED = "attached"
+    REMOVED = "removed"
+
+
+class PodNetwork:
+    def __init__(self, netns: str, model: str = "tcfilter", machine: str = "pc") -> None:
+        """``netns``: the namespace path to carry ("" = none, loopback only)."""
+        self.netns = netns
+        self.model = model
+        self.machine = machine
+        self.state = NetState.NEW
+        self.plan = NetworkPlan()
+        self._fds: list[int] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.netns) and self.model != "none"
+
+    async def prepare(self) -> None:
+        """Scan the namespace, plan, create taps and redirects; raises CocoonError."""
+        if self.state != NetState.NEW:
+            return
+        if not self.enabled:
+            self.state = NetState.PREPARED
+            return
+        from cocoon.network import tap
+        from cocoon.network.netns import in_netns
+
+        snap = await asyncio.to_thread(in_netns, self.netns, tap.scan)
+        self.plan = plan_network(snap, f"network namespace {self.netns}")
+        for name in self.plan.skipped:
+            log.warning("not carried into the VM: %s", name)
+        if not self.plan.empty:
+            plan = self.plan
+            self._fds = await asyncio.to_thread(in_netns, self.netns, lambda: tap.connect(plan))
+        log.info(
+            "pod network %s: %s", self.netns, ", ".join(n.link for n in self.plan.nics) or "no NIC"
+        )
+        self.state = NetState.PREPARED
+
+    async def cold_nics(self) -> tuple[NicArg, ...]:
+        """microvm: the NICs for the QEMU command line (their fds must be passed)."""
+        if self.machine != "microvm":
+            return ()
+        await self.prepare()
+        return tuple(
+            NicArg(n.netdev_id, n.device_id, fd, n.mac)
+            for n, fd in zip(self.plan.nics, self._fds, strict=True)
+        )
+
+    async def attach(self, vm: QemuVM, agent: AgentClient) -> None:
+        """Give the running VM its NICs (pc: hot-plug) and configure the guest."""
+        await self.prepare()
+        if self.state != NetState.PREPARED:
+            return
+        if self.machine != "microvm":
+            for nic, fd in zip(self.plan.nics, self._fds, strict=True):
+                await vm.hotplug_nic(nic.netdev_id, nic.device_id, fd, nic.mac)
+        self._close_fds()  # QEMU holds the taps now
+        await agent.update_network(self.plan.guest)
+        self.state = NetState.ATTACHED
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+
+    async def teardown(self) -> None:
+        """After QEMU is gone: remove redirects and taps, leave the interfaces as found.
+
+        Never raises; what could not be removed is logged.
+        """
+        if self.state == NetState.REMOVED:
+            return
+        self._close_fds()
+        if self.plan.nics:
+            from cocoon.network import tap
+            from cocoon.network.netns import in_netns
+
+            try:
+                left = await asyncio.to_thread(
+                    in_netns, self.netns, lambda: tap.disconnect(self.plan)
+                )
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                left = [str(exc)]
+            for what in left:
+                log.error("pod network teardown: %s", what)
+        self.state = NetState.REMOVED
