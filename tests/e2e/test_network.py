@@ -214,3 +214,27 @@ def test_internetworking_none_gives_loopback_only(env: Env, pod: Pod) -> None:
     assert r.returncode == 0, r.stderr.decode()
     assert "lo:" in out and "eth0" not in out, out
     assert pod.traces() == before
+
+
+def test_microvm_gets_its_nic_on_the_command_line(env: Env, pod: Pod) -> None:
+    """microvm has no hotplug: the tap fd is passed to QEMU at start."""
+    conf = env.work / "microvm.toml"
+    conf.write_text('[hypervisor.qemu]\nmachine_type = "microvm"\n')
+    bundle = env.bundle(["/bin/sh", "-c", f"ip -o addr show eth0; nc -w 10 {PEER_IP} 8008"])
+    write_spec(bundle, [{"type": "network", "path": pod.path}])
+    before = pod.traces()
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pod.peer, sys.executable, "-c", ECHO_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        r = env.run("--config", str(conf), "run", "--bundle", str(bundle), "mv1")
+    finally:
+        server.kill()
+        server.wait()
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"inet {POD_IP}/24" in out and "from-peer" in out, out
+    assert pod.traces() == before
