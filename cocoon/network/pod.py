@@ -118,3 +118,22 @@ class PodNetwork:
             for what in left:
                 log.error("pod network teardown: %s", what)
         self.state = NetState.REMOVED
+
+
+def sweep_recorded(netns: str) -> list[str]:
+    """After a sandbox died without teardown: remove its dangling redirects in ``netns``.
+
+    Never raises; returns what could not be cleaned.
+    """
+    if not netns:
+        return []
+    from cocoon.network import tap
+    from cocoon.network.netns import in_netns
+
+    try:
+        cleaned = in_netns(netns, tap.sweep)
+    except Exception as exc:  # noqa: BLE001 - cleanup goes on
+        return [f"pod network {netns}: {exc}"]
+    for name in cleaned:
+        log.info("removed the dangling redirect of %s in %s", name, netns)
+    return []

@@ -114,3 +114,41 @@ def disconnect(plan: NetworkPlan) -> list[str]:
     """Remove the redirects and any tap left; return what could not be removed."""
     with _iproute() as ipr:
         return _undo(ipr, list(plan.nics))
+
+
+def _mirred_targets(msg: Any) -> list[int]:
+    """The ifindexes a u32 filter's mirred actions redirect to (0: the target is gone)."""
+    opts = msg.get_attr("TCA_OPTIONS")
+    acts = opts.get_attr("TCA_U32_ACT") if opts is not None else None
+    if acts is None:
+        return []
+    targets = []
+    for _, act in acts["attrs"]:
+        if not hasattr(act, "get_attr") or act.get_attr("TCA_ACT_KIND") != "mirred":
+            continue
+        parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
+        targets.append(int(parms["ifindex"]))
+    return targets
+
+
+def sweep() -> list[str]:
+    """Remove ingress qdiscs whose only filters redirect to taps that are gone.
+
+    What a sandbox killed before its teardown leaves (its taps die with QEMU):
+    such a redirect blackholes the interface. Returns the interfaces cleaned.
+    """
+    cleaned = []
+    with _iproute() as ipr:
+        alive = {m["index"] for m in ipr.get_links()}
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        for q in ipr.get_qdiscs():
+            if q["parent"] != 0xFFFFFFF1:
+                continue
+            idx = q["index"]
+            targets: list[int] = []
+            for f in ipr.get_filters(index=idx, parent=INGRESS):
+                targets += _mirred_targets(f)
+            if targets and all(t == 0 or t not in alive for t in targets):
+                ipr.tc("del", "ingress", idx, INGRESS)
+                cleaned.append(str(names.get(idx, idx)))
+    return cleaned

@@ -238,3 +238,29 @@ def test_microvm_gets_its_nic_on_the_command_line(env: Env, pod: Pod) -> None:
     assert r.returncode == 0, r.stderr.decode()
     assert f"inet {POD_IP}/24" in out and "from-peer" in out, out
     assert pod.traces() == before
+
+
+def test_killed_service_leaves_no_dangling_redirect(env: Env, pod: Pod) -> None:
+    """SIGKILL the sandbox service: QEMU and the tap die with it; delete removes the rest."""
+    before = pod.traces()
+    bundle = env.bundle(["/bin/sleep", "600"])
+    write_spec(bundle, [{"type": "network", "path": pod.path}])
+    log = env.work / "create.log"
+    with open(log, "wb") as fh:
+        rc = subprocess.run(
+            env.argv("create", "--bundle", str(bundle), "k1"),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            timeout=180,
+        ).returncode
+    assert rc == 0, log.read_text()
+    state = json.loads((env.root / "k1" / "state.json").read_text())
+    os.kill(state["service_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "tap0_cocoon" in in_ns(pod.pod, "ip", "-o", "link").stdout:
+        assert time.monotonic() < deadline, "the tap outlived QEMU"
+        time.sleep(0.1)
+    assert "mirred" in pod.traces()["filters"]  # dangling until cleaned
+    env.run("delete", "--force", "k1")
+    assert pod.traces() == before
