@@ -12,7 +12,10 @@ guest's root network namespace (the host drops their network namespace).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import socket
+import struct
 from typing import Any
 
 from cocoon.wire import agent as w
@@ -20,6 +23,9 @@ from cocoon.wire import agent as w
 SYS_NET = "/sys/class/net"
 IP = "/bin/ip"
 NET_DIR = "/run/cocoon/network"
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 
 def guest_links(sys_net: str = SYS_NET) -> dict[str, str]:
@@ -61,7 +67,7 @@ def ip_batch(req: w.UpdateNetworkRequest, links: dict[str, str]) -> list[str]:
     names (eth0 ↔ eth1) cannot collide. Routes without a gateway come first:
     a gateway must be reachable when its route is added.
     """
-    lines = ["link set dev lo up"]
+    lines: list[str] = []
     renames: list[tuple[str, str]] = []
     for i, itf in enumerate(req.interfaces):
         current = links.get(itf.hw_addr.lower())
@@ -95,8 +101,20 @@ async def wait_for_macs(macs: list[str], timeout: float) -> dict[str, str]:
         await asyncio.sleep(0.02)
 
 
+def loopback_up() -> None:
+    """``ip link set lo up`` without a spawn: every sandbox needs it, most need nothing else."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack("16sH22x", ifr)[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
 async def update(reaper: Any, req: w.UpdateNetworkRequest) -> None:
     """Apply ``req``; raises OSError naming the ``ip`` line that failed."""
+    loopback_up()
+    if not (req.interfaces or req.routes or req.neighbors):
+        return
     links = await wait_for_macs([i.hw_addr for i in req.interfaces], req.timeout)
     try:
         lines = ip_batch(req, links)
@@ -137,3 +155,21 @@ def write_name_files(hostname: str, dns: list[str], mount: Any) -> None:
             fh.write(text)
         if os.path.isfile(target) and not os.path.islink(target):
             mount(src, target)
+
+
+def apply_net_sysctls(linux: dict[str, Any], proc_sys: str = "/proc/sys") -> None:
+    """Write a container's ``net.*`` sysctls to the guest, and drop them from its spec.
+
+    Containers share the guest's network namespace (the pod's), where crun
+    refuses ``net.*`` sysctls ("requires a new network namespace"); in a pod
+    they are the pod's settings anyway, so the agent sets them. Raises OSError.
+    """
+    if any(ns.get("type") == "network" for ns in linux.get("namespaces") or []):
+        return
+    sysctl = dict(linux.get("sysctl") or {})
+    for key in [k for k in sysctl if k.startswith(("net.", "net/"))]:
+        rel = key if "/" in key else key.replace(".", "/")
+        with open(f"{proc_sys}/{rel}", "w", encoding="utf-8") as fh:
+            fh.write(str(sysctl.pop(key)))
+    if "sysctl" in linux:
+        linux["sysctl"] = sysctl

@@ -22,7 +22,6 @@ REQ = w.UpdateNetworkRequest(
 
 def test_batch_renames_configures_routes_then_neighbours() -> None:
     assert ip_batch(REQ, {"aa:bb:cc:00:00:01": "enp0s3"}) == [
-        "link set dev lo up",
         "link set dev enp0s3 down",
         "link set dev enp0s3 name cocoon-tmp0",
         "link set dev cocoon-tmp0 name eth0",
@@ -57,3 +56,17 @@ def test_name_files() -> None:
         "nameserver 10.0.0.1\nsearch example.com\n"
     )
     assert "127.0.1.1\tpod1" in hosts_file("pod1")
+
+
+def test_net_sysctls_are_the_guests(tmp_path: Path) -> None:
+    from cocoon.guest.network import apply_net_sysctls
+
+    (tmp_path / "net" / "ipv4").mkdir(parents=True)
+    linux = {"sysctl": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "4096"}}
+    apply_net_sysctls(linux, str(tmp_path))
+    assert (tmp_path / "net/ipv4/ip_forward").read_text() == "1"
+    assert linux["sysctl"] == {"kernel.shmmax": "4096"}
+    # A container with a network namespace of its own keeps them for crun.
+    own = {"namespaces": [{"type": "network"}], "sysctl": {"net.ipv4.ip_forward": "1"}}
+    apply_net_sysctls(own, str(tmp_path / "nowhere"))
+    assert own["sysctl"] == {"net.ipv4.ip_forward": "1"}
