@@ -119,6 +119,15 @@ def wants_new_netns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces)
 
 
+def joined_netns(spec: dict[str, Any]) -> str:
+    """The network namespace path the spec names ("" if none)."""
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return next(
+        (str(ns["path"]) for ns in namespaces if ns.get("type") == "network" and ns.get("path")),
+        "",
+    )
+
+
 def _check_terminal_for(args: argparse.Namespace, detached: bool) -> Any:
     def check(terminal: bool) -> None:
         _check_terminal(args, terminal, detached)
@@ -191,6 +200,7 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
                     args.log,
                     args.log_format,
                     new_netns=wants_new_netns(spec),
+                    netns_path=joined_netns(spec),
                 )
                 stub.register(paths, "", pid)
                 create_hooks(paths, bundle, spec, pid, reporter)

@@ -119,16 +119,18 @@ def test_container_in_vm_owns_the_pod_ip(env: Env, pod: Pod) -> None:
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
-        log = env.work / "create.log"
+        log, pidfile = env.work / "create.log", env.work / "n1.pid"
         with open(log, "wb") as fh:  # the stub keeps its stdio: no pipes to wait on
             rc = subprocess.run(
-                env.argv("create", "--bundle", str(bundle), "n1"),
+                env.argv("create", "--bundle", str(bundle), "--pid-file", str(pidfile), "n1"),
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=fh,
                 timeout=180,
             ).returncode
         assert rc == 0, log.read_text()
+        # The container's PID (the stub) is in the pod namespace, as runc's would be.
+        assert _lives_in(int(pidfile.read_text()), pod.path)
         during = pod.traces()
         assert "tap0_cocoon" in during["links"] and "mirred" in during["filters"]
         assert env.run("start", "n1").returncode == 0
