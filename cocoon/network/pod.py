@@ -70,10 +70,11 @@ class PodNetwork:
         self.state = NetState.PREPARED
 
     async def cold_nics(self) -> tuple[NicArg, ...]:
-        """microvm: the NICs for the QEMU command line (their fds must be passed)."""
+        """Prepare before QEMU starts (a refusal costs no boot); on microvm, the NICs
+        for the command line (their fds must be passed), on pc none."""
+        await self.prepare()
         if self.machine != "microvm":
             return ()
-        await self.prepare()
         return tuple(
             NicArg(n.netdev_id, n.device_id, fd, n.mac)
             for n, fd in zip(self.plan.nics, self._fds, strict=True)

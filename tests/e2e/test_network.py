@@ -154,6 +154,12 @@ def test_container_in_vm_owns_the_pod_ip(env: Env, pod: Pod) -> None:
         # The container reaches a server in the node namespace.
         r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
         assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
+        # A second VM cannot take the same interface; the first keeps its network.
+        r = env.run("run", "--bundle", str(bundle), "n2")
+        assert r.returncode == 1 and b"already carries another Cocoon VM" in r.stderr, r.stderr
+        assert pod.traces() == during
+        r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
+        assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
         assert env.run("kill", "n1", "KILL").returncode == 0
         r = env.run("delete", "--force", "n1")
         assert r.returncode == 0, r.stderr.decode()
