@@ -16,6 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from cocoon.errors import FailedPrecondition, InvalidArgument
 from cocoon.hypervisor.cmdline import NicArg
 from cocoon.network.plan import NetworkPlan, plan_network
 
@@ -42,6 +43,11 @@ class PodNetwork:
         self.state = NetState.NEW
         self.plan = NetworkPlan()
         self._fds: list[int] = []
+        self._ns_fd = -1  # held from prepare to teardown: the namespace stays reachable
+
+    @property
+    def _ns(self) -> str:
+        return f"/proc/self/fd/{self._ns_fd}" if self._ns_fd >= 0 else self.netns
 
     @property
     def enabled(self) -> bool:
@@ -57,13 +63,17 @@ class PodNetwork:
         from cocoon.network import tap
         from cocoon.network.netns import in_netns
 
-        snap = await asyncio.to_thread(in_netns, self.netns, tap.scan)
+        try:
+            self._ns_fd = os.open(self.netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidArgument(f"network namespace {self.netns}", exc) from exc
+        snap = await asyncio.to_thread(in_netns, self._ns, tap.scan)
         self.plan = plan_network(snap, f"network namespace {self.netns}")
         for name in self.plan.skipped:
             log.warning("not carried into the VM: %s", name)
         if not self.plan.empty:
             plan = self.plan
-            self._fds = await asyncio.to_thread(in_netns, self.netns, lambda: tap.connect(plan))
+            self._fds = await asyncio.to_thread(in_netns, self._ns, lambda: tap.connect(plan))
         log.info(
             "pod network %s: %s", self.netns, ", ".join(n.link for n in self.plan.nics) or "no NIC"
         )
@@ -80,9 +90,18 @@ class PodNetwork:
             for n, fd in zip(self.plan.nics, self._fds, strict=True)
         )
 
-    async def attach(self, vm: QemuVM, agent: AgentClient) -> None:
-        """Give the running VM its NICs (pc: hot-plug) and configure the guest."""
+    async def attach(self, vm: QemuVM, agent: AgentClient, hotplug_only: bool = False) -> None:
+        """Give the running VM its NICs (pc: hot-plug) and configure the guest.
+
+        ``hotplug_only``: the VM is already up, so microvm (no hotplug) cannot take
+        NICs any more; raises FailedPrecondition then.
+        """
         await self.prepare()
+        if hotplug_only and self.machine == "microvm" and not self.plan.empty:
+            raise FailedPrecondition(
+                f"{self.netns} was configured after the VM booted, and microvm cannot "
+                "hot-plug NICs: use machine_type pc"
+            )
         if self.state != NetState.PREPARED:
             return
         if self.machine != "microvm":
@@ -112,12 +131,15 @@ class PodNetwork:
 
             try:
                 left = await asyncio.to_thread(
-                    in_netns, self.netns, lambda: tap.disconnect(self.plan)
+                    in_netns, self._ns, lambda: tap.disconnect(self.plan)
                 )
             except Exception as exc:  # noqa: BLE001 - teardown must go on
                 left = [str(exc)]
             for what in left:
                 log.error("pod network teardown: %s", what)
+        if self._ns_fd >= 0:
+            os.close(self._ns_fd)
+            self._ns_fd = -1
         self.state = NetState.REMOVED
 
 

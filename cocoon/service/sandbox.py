@@ -208,6 +208,23 @@ class Sandbox:
         await self.network.attach(self.vm, self.agent)
         self._mark("network_ready")
 
+    async def attach_network(self, netns: str) -> None:
+        """Carry ``netns`` into the running VM: the namespace a hook configured after
+        the boot (docker's libnetwork-setkey fills the stub's). Raises CocoonError."""
+        agent = await self.ready()
+        assert self.vm is not None
+        if self.network is not None and not self.network.plan.empty:
+            raise FailedPrecondition(f"the VM already carries {self.network.netns}")
+        late = PodNetwork(netns, self.settings.internetworking_model, self.settings.machine)
+        try:
+            await late.attach(self.vm, agent, hotplug_only=True)
+        except BaseException:
+            await late.teardown()
+            raise
+        if self.network is not None:
+            await self.network.teardown()
+        self.network = late
+
     async def _connect_agent(self) -> AgentClient:
         assert self.vm is not None
         connect = asyncio.ensure_future(
