@@ -272,3 +272,44 @@ def test_killed_service_leaves_no_dangling_redirect(env: Env, pod: Pod) -> None:
     assert "mirred" in pod.traces()["filters"]  # dangling until cleaned
     env.run("delete", "--force", "k1")
     assert pod.traces() == before
+
+
+HOOK = r"""
+import json, subprocess, sys
+pid = json.load(sys.stdin)["pid"]
+pod, ip, gw = sys.argv[1:4]
+run = lambda *a: subprocess.run(a, check=True)
+run("ip", "-n", pod, "link", "set", "eth0", "netns", str(pid))
+enter = ["nsenter", "-t", str(pid), "-n"]
+run(*enter, "ip", "addr", "add", ip + "/24", "dev", "eth0")
+run(*enter, "ip", "link", "set", "eth0", "up")
+run(*enter, "ip", "route", "add", "default", "via", gw)
+"""
+
+
+def test_network_a_hook_configures_after_boot(env: Env, pod: Pod) -> None:
+    """docker's way: a new namespace (the stub's) that a createRuntime hook fills."""
+    hook = {"path": sys.executable, "args": ["python3", "-c", HOOK, pod.pod, POD_IP, PEER_IP]}
+    bundle = env.bundle(["/bin/sleep", "600"])
+    write_spec(bundle, [{"type": "network"}])
+    cfg = bundle / "config.json"
+    spec = json.loads(cfg.read_text())
+    spec["hooks"] = {"createRuntime": [hook]}
+    cfg.write_text(json.dumps(spec))
+    log = env.work / "create.log"
+    with open(log, "wb") as fh:
+        rc = subprocess.run(
+            env.argv("create", "--bundle", str(bundle), "hk1"),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            timeout=180,
+        ).returncode
+    assert rc == 0, log.read_text()
+    assert env.run("start", "hk1").returncode == 0
+    r = env.run("exec", "hk1", "ip", "addr", "show", "eth0")
+    out = r.stdout.decode()
+    assert r.returncode == 0 and f"inet {POD_IP}/24" in out and MAC in out, out
+    ping = in_ns(pod.peer, "/bin/busybox", "ping", "-c", "2", "-W", "10", POD_IP, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert env.run("delete", "--force", "hk1").returncode == 0
