@@ -41,7 +41,10 @@ class AgentService:
         system.reseed_random(req.seed)
         if req.hostname:
             system.sethostname(req.hostname)
-        network.write_name_files(req.hostname, req.dns, self._bind_file)
+        try:
+            network.write_name_files(req.hostname, req.dns, self._bind_file)
+        except OSError as exc:  # the guest's own name files: not worth failing a sandbox
+            log.warning("cannot write /etc/hosts or /etc/resolv.conf: %s", exc)
         for st in req.storages:
             self._mount_storage(st)
         self.sandbox_id = req.sandbox_id

@@ -24,6 +24,7 @@ from tests.e2e.conftest import Env
 POD_IP = "10.231.0.2"
 PEER_IP = "10.231.0.1"
 MAC = "02:cc:00:00:00:02"
+POD_IP6, PEER_IP6 = "fd00:231::2", "fd00:231::1"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -73,10 +74,12 @@ def pod() -> Iterator[Pod]:
            "netns", p.peer)  # fmt: skip
         sh("ip", "-n", p.pod, "link", "set", "eth0", "address", MAC, "mtu", "1400", "up")
         sh("ip", "-n", p.pod, "addr", "add", f"{POD_IP}/24", "dev", "eth0")
+        sh("ip", "-n", p.pod, "addr", "add", f"{POD_IP6}/64", "dev", "eth0", "nodad")
         sh("ip", "-n", p.pod, "route", "add", "default", "via", PEER_IP)
         sh("ip", "-n", p.peer, "link", "set", "veth-pod", "mtu", "1400", "up")
         sh("ip", "-n", p.peer, "link", "set", "lo", "up")
         sh("ip", "-n", p.peer, "addr", "add", f"{PEER_IP}/24", "dev", "veth-pod")
+        sh("ip", "-n", p.peer, "addr", "add", f"{PEER_IP6}/64", "dev", "veth-pod", "nodad")
         yield p
     finally:
         sh("ip", "netns", "del", p.pod, check=False)
@@ -138,12 +141,19 @@ def test_container_in_vm_owns_the_pod_ip(env: Env, pod: Pod) -> None:
         r = env.run("exec", "n1", "ip", "addr", "show", "eth0")
         out = r.stdout.decode()
         assert r.returncode == 0 and f"inet {POD_IP}/24" in out and MAC in out, out
-        assert "mtu 1400" in out
+        assert "mtu 1400" in out and f"inet6 {POD_IP6}/64" in out, out
         routes = env.run("exec", "n1", "ip", "route").stdout.decode()
         assert f"default via {PEER_IP} dev eth0" in routes
         # The node reaches the container: ping and a TCP echo.
         ping = in_ns(pod.peer, "/bin/busybox", "ping", "-c", "3", "-W", "10", POD_IP, check=False)
         assert ping.returncode == 0, ping.stdout + ping.stderr
+        deadline = time.monotonic() + 15  # the guest's IPv6 DAD takes a second
+        while True:
+            ping6 = in_ns(pod.peer, "/bin/busybox", "ping", "-6", "-c", "1", "-W", "3", POD_IP6,
+                          check=False)  # fmt: skip
+            if ping6.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert ping6.returncode == 0, ping6.stdout + ping6.stderr
         deadline = time.monotonic() + 30
         while True:
             echo = in_ns(pod.peer, sys.executable, "-c", ECHO_CLIENT, check=False)
