@@ -160,12 +160,13 @@ def write_name_files(hostname: str, dns: list[str], mount: Any) -> None:
 def apply_net_sysctls(linux: dict[str, Any], proc_sys: str = "/proc/sys") -> None:
     """Write a container's ``net.*`` sysctls to the guest, and drop them from its spec.
 
-    Containers share the guest's network namespace (the pod's), where crun
-    refuses ``net.*`` sysctls ("requires a new network namespace"); in a pod
-    they are the pod's settings anyway, so the agent sets them. Raises OSError.
+    Containers share (or join) the guest's network namespace, the pod's, where
+    crun refuses ``net.*`` sysctls ("requires a new network namespace"); in a
+    pod they are the pod's settings anyway, so the agent sets them. Raises OSError.
     """
-    if any(ns.get("type") == "network" for ns in linux.get("namespaces") or []):
-        return
+    namespaces = linux.get("namespaces") or []
+    if any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces):
+        return  # a network namespace of its own: crun sets them there
     sysctl = dict(linux.get("sysctl") or {})
     for key in [k for k in sysctl if k.startswith(("net.", "net/"))]:
         rel = key if "/" in key else key.replace(".", "/")

@@ -66,6 +66,12 @@ def test_net_sysctls_are_the_guests(tmp_path: Path) -> None:
     apply_net_sysctls(linux, str(tmp_path))
     assert (tmp_path / "net/ipv4/ip_forward").read_text() == "1"
     assert linux["sysctl"] == {"kernel.shmmax": "4096"}
+    joined = {
+        "namespaces": [{"type": "network", "path": "/proc/1/ns/net"}],
+        "sysctl": {"net.ipv4.ip_forward": "0"},
+    }
+    apply_net_sysctls(joined, str(tmp_path))
+    assert (tmp_path / "net/ipv4/ip_forward").read_text() == "0" and joined["sysctl"] == {}
     # A container with a network namespace of its own keeps them for crun.
     own = {"namespaces": [{"type": "network"}], "sysctl": {"net.ipv4.ip_forward": "1"}}
     apply_net_sysctls(own, str(tmp_path / "nowhere"))
