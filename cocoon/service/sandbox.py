@@ -153,7 +153,7 @@ class Sandbox:
         self.network = PodNetwork(
             self.netns, self.settings.internetworking_model, self.settings.machine
         )
-        nics = await self.network.cold_nics()  # microvm only; pc hot-plugs them
+        nics = await self.network.cold_nics()  # taps now; argv NICs on microvm only
         plan = self._vm_plan(share)
         # NICs on the command line (microvm) make a VM no template can give.
         if not (self.settings.template and not nics and await self._start_clone(plan)):
