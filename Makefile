@@ -35,3 +35,4 @@ bench: setup
 	.venv/bin/python bench/run.py
 	.venv/bin/python bench/templates.py
 	.venv/bin/python bench/cli.py
+	.venv/bin/python bench/net.py

@@ -146,3 +146,7 @@ class AgentClient:
     async def online_cpu_mem(self, nb_cpus: int, timeout: float = 10.0) -> w.OnlineCPUMemResponse:
         req = w.OnlineCPUMemRequest(nb_cpus, timeout)
         return await self.call("OnlineCPUMem", req, w.OnlineCPUMemResponse, timeout + 10)
+
+    async def update_network(self, req: w.UpdateNetworkRequest) -> None:
+        """Configure the guest's NICs (found by MAC), routes and neighbours."""
+        await self.call("UpdateNetwork", req, w.Empty, req.timeout + DEFAULT_TIMEOUT)

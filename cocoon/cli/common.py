@@ -118,6 +118,9 @@ def prepare_sandbox(
     errors, warnings = vm_compatibility(bundle.spec)
     if errors:
         raise InvalidArgument(f"unsupported in {bundle.path}/config.json: {errors[0]}")
+    from cocoon.network.netns import resolve as resolve_netns
+
+    netns = resolve_netns(bundle.spec)  # refuses the host's and other containers' networks
     for warning in warnings:
         reporter.warn(warning)
     config = effective_config(args)
@@ -147,6 +150,7 @@ def prepare_sandbox(
         accel=decision.accel,
         annotations=bundle.annotations,
         settings=settings.to_dict(),
+        netns=netns,
         assets={
             "kernel": str(assets.kernel),
             "initrd": str(assets.initrd),

@@ -120,6 +120,23 @@ def wants_new_netns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces)
 
 
+def attach_hooked_network(paths: SandboxPaths, pid: int) -> None:
+    """Hooks may have filled the stub's new network namespace (docker's bridge
+    networks): carry what they put there into the VM, which booted before."""
+    from cocoon.service import quick
+
+    quick.call(paths, "AttachNetwork", timeout=120, netns=f"/proc/{pid}/ns/net")
+
+
+def joined_netns(spec: dict[str, Any]) -> str:
+    """The network namespace path the spec names ("" if none)."""
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return next(
+        (str(ns["path"]) for ns in namespaces if ns.get("type") == "network" and ns.get("path")),
+        "",
+    )
+
+
 def _check_terminal_for(args: argparse.Namespace, detached: bool) -> Any:
     def check(terminal: bool) -> None:
         _check_terminal(args, terminal, detached)
@@ -192,9 +209,12 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
                     args.log,
                     args.log_format,
                     new_netns=wants_new_netns(spec),
+                    netns_path=joined_netns(spec),
                 )
                 stub.register(paths, "", pid)
                 create_hooks(paths, bundle, spec, pid, reporter)
+                if wants_new_netns(spec) and spec.get("hooks"):
+                    attach_hooked_network(paths, pid)
                 write_pid_file(args.pid_file, pid)
             except BaseException:
                 _destroy(paths)

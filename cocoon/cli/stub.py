@@ -91,6 +91,7 @@ def spawn(
     log: str | None,
     log_format: str,
     new_netns: bool = False,
+    netns_path: str = "",
 ) -> int:
     """Double-fork the stub; return its PID once it holds and has handed over the stdio.
 
@@ -115,6 +116,10 @@ def spawn(
                     # Hooks get the stub's PID and some configure its network
                     # namespace (docker's libnetwork-setkey): never the host's.
                     _unshare(CLONE_NEWNET)
+                elif netns_path:
+                    # The pod's namespace, as a runc container's PID would be in
+                    # it: /proc/<pid>/ns/net names the network the VM carries.
+                    _setns(netns_path, CLONE_NEWNET)
                 _stub_main(paths, cid, exec_id, console_socket, w, log, log_format)
             os.write(w, f"pid {pid}\n".encode())
         finally:
@@ -153,6 +158,18 @@ def _unshare(flag: int) -> None:
 
     if ctypes.CDLL("libc.so.6", use_errno=True).unshare(flag) != 0:
         os._exit(1)
+
+
+def _setns(path: str, flag: int) -> None:
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os._exit(1)
+    if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, flag) != 0:
+        os._exit(1)
+    os.close(fd)
 
 
 def _stub_main(

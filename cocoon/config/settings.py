@@ -47,6 +47,7 @@ class Settings:
     # VM templates (cocoon.factory): clone instead of booting, where possible.
     template: bool = False
     template_dir: str = ""
+    internetworking_model: str = "tcfilter"  # "none": the VM gets no pod NIC
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +84,7 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         memory_slots=hv.memory_slots,
         template=config.factory.enable_template,
         template_dir=config.factory.template_path or DEFAULT_TEMPLATE_DIR,
+        internetworking_model=config.runtime.internetworking_model,
     )
 
 

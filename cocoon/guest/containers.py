@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cocoon.guest import network
 from cocoon.guest.reaper import Reaper
 from cocoon.ttrpc.status import Code, RPCError
 
@@ -168,6 +169,10 @@ class ContainerManager:
         linux = spec.setdefault("linux", {})
         linux["cgroupsPath"] = f"{CGROUP_PARENT}/{cid}"
         spec.pop("hooks", None)
+        try:
+            network.apply_net_sysctls(linux)
+        except OSError as exc:
+            raise _error(Code.INVALID_ARGUMENT, f"sysctl: {exc}") from exc
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
         init = Process(exec_id="", terminal=terminal)

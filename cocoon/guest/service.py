@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cocoon import __version__
-from cocoon.guest import system
+from cocoon.guest import network, system
 from cocoon.guest.containers import ContainerManager
 from cocoon.guest.reaper import Reaper
 from cocoon.ttrpc.server import Server
@@ -45,9 +45,22 @@ class AgentService:
             sys.modules["random"].seed(os.urandom(32))
         if req.hostname:
             system.sethostname(req.hostname)
+        try:
+            network.write_name_files(req.hostname, req.dns, self._bind_file)
+        except OSError as exc:  # the guest's own name files: not worth failing a sandbox
+            log.warning("cannot write /etc/hosts or /etc/resolv.conf: %s", exc)
         for st in req.storages:
             self._mount_storage(st)
         self.sandbox_id = req.sandbox_id
+        return w.Empty()
+
+    @staticmethod
+    def _bind_file(source: str, target: str) -> None:
+        if not system.is_mounted(target):
+            system.mount(source, target, "", system.MS_BIND)
+
+    async def UpdateNetwork(self, req: w.UpdateNetworkRequest) -> w.Empty:
+        await network.update(self.reaper, req)
         return w.Empty()
 
     def _mount_storage(self, st: w.Storage) -> None:

@@ -34,6 +34,16 @@ class SharePlan:
 
 
 @dataclass(frozen=True)
+class NicArg:
+    """A pod NIC on the command line (microvm only: pc hot-plugs NICs over QMP)."""
+
+    netdev_id: str
+    device_id: str
+    fd: int  # an open tap fd that QEMU inherits
+    mac: str
+
+
+@dataclass(frozen=True)
 class VMPlan:
     qemu: str
     kernel: Path
@@ -59,6 +69,7 @@ class VMPlan:
     memory_file: Path | None = None
     memory_shared: bool = False
     incoming: bool = False
+    nics: tuple[NicArg, ...] = ()
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -190,6 +201,15 @@ def build_argv(plan: VMPlan) -> list[str]:
         ]
     if plan.incoming:
         argv += ["-incoming", "defer"]
+    # Pod NICs: a tap fd from the pod's namespace, the guest NIC with the pod
+    # interface's MAC. No vhost-net (absent on these hosts): userspace virtio-net.
+    for nic in plan.nics:
+        argv += [
+            "-netdev",
+            f"tap,id={nic.netdev_id},fd={nic.fd}",
+            "-device",
+            f"{_bus(plan, 'virtio-net')},netdev={nic.netdev_id},id={nic.device_id},mac={nic.mac}",
+        ]
     return argv
 
 

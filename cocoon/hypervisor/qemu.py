@@ -169,6 +169,28 @@ class QemuVM:
                 await self.execute("object-del", {"id": f"hpmem{index}"})
             raise
 
+    async def hotplug_nic(self, netdev_id: str, device_id: str, tap_fd: int, mac: str) -> None:
+        """Hot-plug a virtio-net-pci NIC on tap ``tap_fd`` (sent over QMP; ours stays open)."""
+        if self.state != VMState.RUNNING or self.qmp is None:
+            raise Unavailable(f"VM is {self.state.value}")
+        try:
+            self.qmp.send_fd_scm(tap_fd)
+        except Exception as exc:
+            raise CocoonError(f"cannot pass the tap of {device_id} to QEMU", exc) from exc
+        await self.execute("getfd", {"fdname": netdev_id})
+        try:
+            await self.execute("netdev_add", {"type": "tap", "id": netdev_id, "fd": netdev_id})
+        except CocoonError:
+            with contextlib.suppress(CocoonError):
+                await self.execute("closefd", {"fdname": netdev_id})
+            raise
+        try:
+            await self.device_add("virtio-net-pci", device_id, netdev=netdev_id, mac=mac)
+        except CocoonError:
+            with contextlib.suppress(CocoonError):
+                await self.execute("netdev_del", {"id": netdev_id})
+            raise
+
     # -- templates ---------------------------------------------------------------
     async def _ignore_shared_ram(self) -> None:
         """Leave file-backed RAM out of the migration stream: it is the template file."""

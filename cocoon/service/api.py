@@ -125,6 +125,10 @@ class ServiceAPI:
     async def Stats(self, req: s.ContainerRef) -> Any:
         return await self.sandbox.stats(req.container_id)
 
+    async def AttachNetwork(self, req: s.AttachNetworkRequest) -> s.Empty:
+        await self.sandbox.attach_network(req.netns)
+        return s.Empty()
+
     async def Shutdown(self, _: s.Empty) -> s.Empty:
         await self.sandbox.shutdown()
         self.on_empty()

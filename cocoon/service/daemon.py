@@ -92,6 +92,7 @@ async def _main(
         kernel_version=state.assets.get("kernel_version", ""),
     )
     sandbox = Sandbox(paths, settings, assets, state.accel or "tcg")
+    sandbox.netns = state.netns  # from the bundle's spec, resolved at create
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

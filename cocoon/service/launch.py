@@ -76,16 +76,22 @@ def force_cleanup(paths: SandboxPaths) -> list[str]:
 
     marker = str(paths.dir)
     cgroup: dict[str, object] = {}
+    netns = ""
     try:
         st = persist.load(paths)
         pids = [st.service_pid, st.qemu_pid, st.virtiofsd_pid]
         cgroup = st.cgroup
+        netns = st.netns
     except CocoonError:
         pids = []
     for pid in pids:
         if pid and not kill_recorded(pid, marker):
             raise CocoonError(f"cannot kill process {pid} of sandbox {paths.id}")
     left = remove_recorded(cgroup)
+    if netns:
+        from cocoon.network.pod import sweep_recorded
+
+        left += sweep_recorded(netns)  # its taps died with QEMU; its redirects did not
     paths.remove_sock_dir()
     return left + persist.remove_tree(paths.dir)
 

@@ -86,6 +86,7 @@ class SandboxState:
     settings: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, str] = field(default_factory=dict)
     cgroup: dict[str, Any] = field(default_factory=dict)  # the host cgroup plan
+    netns: str = ""  # the pod network namespace the VM carries ("" = none)
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

@@ -33,6 +33,7 @@ from cocoon.errors import (
 from cocoon.hypervisor.cmdline import MEMORY_BLOCK_MIB, SHARE_TAG, SharePlan, VMPlan
 from cocoon.hypervisor.plan import vm_plan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
+from cocoon.network.pod import PodNetwork
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
     Workload,
@@ -111,6 +112,11 @@ class Sandbox:
         self.memory_mib = settings.memory_mib
         self._dimms = 0
         self._resize_lock = asyncio.Lock()
+        # The pod network namespace the VM carries ("" = loopback only). Set by
+        # the creator before the boot: the CLI's service daemon from state.json
+        # (resolved from the bundle's spec at create, cocoon.network.netns).
+        self.netns = ""
+        self.network: PodNetwork | None = None
         self.warnings: list[str] = []
 
     # -- boot ----------------------------------------------------------------
@@ -146,13 +152,19 @@ class Sandbox:
             share = SharePlan("virtiofs", socket=self.paths.vfs_sock)
         else:
             share = SharePlan("9p", path=self.share.shared_dir)
+        self.network = PodNetwork(
+            self.netns, self.settings.internetworking_model, self.settings.machine
+        )
+        nics = await self.network.cold_nics()  # taps now; argv NICs on microvm only
         plan = self._vm_plan(share)
-        if not (self.settings.template and await self._start_clone(plan)):
-            await self._start_cold(plan)
+        # NICs on the command line (microvm) make a VM no template can give.
+        if not (self.settings.template and not nics and await self._start_clone(plan)):
+            await self._start_cold(replace(plan, nics=nics))
         assert self.agent is not None
         self._mark("agent_ready")
         if (self.vcpus, self.memory_mib) != (self.settings.vcpus, self.settings.memory_mib):
             await self.grow_to([])  # cloned from a smaller template: up to our own size
+        await self._attach_network()
         await self.agent.create_sandbox(
             w.CreateSandboxRequest(
                 sandbox_id=self.paths.id,
@@ -185,11 +197,34 @@ class Sandbox:
             share=share,
         )
 
+    async def _attach_network(self) -> None:
+        """The pod NICs into the VM and the guest, before CreateSandbox (Kata's order)."""
+        assert self.vm is not None and self.agent is not None and self.network is not None
+        await self.network.attach(self.vm, self.agent)
+        self._mark("network_ready")
+
+    async def attach_network(self, netns: str) -> None:
+        """Carry ``netns`` into the running VM: the namespace a hook configured after
+        the boot (docker's libnetwork-setkey fills the stub's). Raises CocoonError."""
+        agent = await self.ready()
+        assert self.vm is not None
+        if self.network is not None and not self.network.plan.empty:
+            raise FailedPrecondition(f"the VM already carries {self.network.netns}")
+        late = PodNetwork(netns, self.settings.internetworking_model, self.settings.machine)
+        try:
+            await late.attach(self.vm, agent, hotplug_only=True)
+        except BaseException:
+            await late.teardown()
+            raise
+        if self.network is not None:
+            await self.network.teardown()
+        self.network = late
+
     async def _start_cold(self, plan: VMPlan) -> None:
         for sock in (plan.qmp_socket, plan.agent_socket):  # a failed clone's
             sock.unlink(missing_ok=True)
         self.vm = QemuVM(plan, self.paths.qemu_log)
-        await self.vm.start()
+        await self.vm.start(pass_fds=tuple(n.fd for n in plan.nics))
         self._mark("qemu_started")
         asyncio.get_running_loop().create_task(self._watch_vm())
         self._persist_pids()
@@ -565,5 +600,7 @@ class Sandbox:
             await self.agent.close()
         if self.fsd is not None:
             await self.fsd.stop()
+        if self.network is not None:
+            await self.network.teardown()  # after QEMU: it held the taps
         self.state = SandboxState.STOPPED
         self.stopped.set()

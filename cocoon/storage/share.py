@@ -75,11 +75,12 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
     linux = guest.setdefault("linux", {})
     namespaces = []
     for ns in linux.get("namespaces") or []:
+        if ns.get("type") == "network":
+            # The pod's network (joined or new) is the VM's own: containers share
+            # the guest's network namespace, where the pod NICs are.
+            continue
         if ns.get("path"):
-            # Host namespace files mean nothing in the guest. A joined network
-            # namespace (the pod's) is the VM's own network: use it directly.
-            if ns.get("type") == "network":
-                continue
+            # Host namespace files mean nothing in the guest.
             ns = {k: v for k, v in ns.items() if k != "path"}
         namespaces.append(ns)
     linux["namespaces"] = namespaces

@@ -177,6 +177,53 @@ class OnlineCPUMemResponse:
     mem_total_kib: int
 
 
+@dataclass
+class IPAddress:
+    address: str
+    prefix_len: int
+    family: int = 4  # 4 | 6
+
+
+@dataclass
+class Interface:
+    """A guest NIC, found by its MAC (the veth's) and given the veth's name and addresses."""
+
+    name: str
+    hw_addr: str
+    mtu: int = 1500
+    addresses: list[IPAddress] = field(default_factory=list)
+
+
+@dataclass
+class Route:
+    dest: str = ""  # CIDR; "" is the default route
+    gateway: str = ""
+    device: str = ""
+    source: str = ""
+    scope: str = ""  # "" (global) | "link" | "host"
+    family: int = 4
+
+
+@dataclass
+class ARPNeighbor:
+    """A static (permanent) neighbour entry, as CNI plugins sometimes add."""
+
+    address: str
+    hw_addr: str
+    device: str
+
+
+@dataclass
+class UpdateNetworkRequest:
+    """The pod network as the guest must see it (Kata's UpdateInterface + UpdateRoutes +
+    AddARPNeighbors in one call): NICs by MAC, then routes, then neighbours."""
+
+    interfaces: list[Interface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    neighbors: list[ARPNeighbor] = field(default_factory=list)
+    timeout: float = 10.0  # how long to wait for hot-plugged NICs to appear
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Check": (Empty, CheckResponse),
     "CreateSandbox": (CreateSandboxRequest, Empty),
@@ -198,4 +245,5 @@ METHODS: dict[str, tuple[type, type]] = {
     "UpdateContainer": (UpdateContainerRequest, Empty),
     "StatsContainer": (ContainerRequest, StatsResponse),
     "OnlineCPUMem": (OnlineCPUMemRequest, OnlineCPUMemResponse),
+    "UpdateNetwork": (UpdateNetworkRequest, Empty),
 }

@@ -114,6 +114,13 @@ class PsResponse:
     processes: list[GuestProcess] = field(default_factory=list)
 
 
+@dataclass
+class AttachNetworkRequest:
+    """Carry the network of ``netns`` into the running VM (what hooks configured)."""
+
+    netns: str
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Create": (CreateRequest, CreateResponse),
     "Start": (ContainerRef, Empty),
@@ -130,4 +137,5 @@ METHODS: dict[str, tuple[type, type]] = {
     "Update": (UpdateRequest, Empty),
     "Ps": (ContainerRef, PsResponse),
     "Stats": (ContainerRef, agent.StatsResponse),
+    "AttachNetwork": (AttachNetworkRequest, Empty),
 }

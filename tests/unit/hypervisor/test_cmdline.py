@@ -129,3 +129,13 @@ def test_hotplug_ceilings_on_pc_only() -> None:
     )
     assert ("-smp", "1") in micro and ("-m", "256M") in micro
     assert "memhp_default_state" not in dict(micro)["-append"]
+
+
+def test_microvm_nics_on_the_command_line_pc_none() -> None:
+    from cocoon.hypervisor.cmdline import NicArg
+
+    nic = NicArg("hostnet0", "net0", 7, "aa:bb:cc:00:00:01")
+    p = pairs(build_argv(plan(machine="microvm", nics=(nic,))))
+    assert ("-netdev", "tap,id=hostnet0,fd=7") in p
+    assert ("-device", "virtio-net-device,netdev=hostnet0,id=net0,mac=aa:bb:cc:00:00:01") in p
+    assert not any(k == "-netdev" for k, _ in pairs(build_argv(plan())))

@@ -60,3 +60,11 @@ def test_host_namespace_paths_never_reach_the_guest(tmp_path: Path) -> None:
     ]
     ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
     assert ns == [{"type": "pid"}, {"type": "ipc"}]
+
+
+def test_containers_share_the_guest_network(tmp_path: Path) -> None:
+    """A new network namespace too: the pod NICs live in the guest's own."""
+    spec = default_spec(["sh"])
+    spec["linux"]["namespaces"] = [{"type": "pid"}, {"type": "network"}]
+    ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
+    assert ns == [{"type": "pid"}]
