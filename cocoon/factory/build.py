@@ -119,6 +119,8 @@ def check_buildable(plan: VMPlan) -> str:
     """Why a VM of ``plan`` cannot be templated ("" if it can)."""
     if plan.share is not None and plan.share.kind != "9p":
         return "virtio-fs cannot serve private template clones (use shared_fs = virtio-9p)"
+    if plan.nics:
+        return "a template must not carry NICs: every clone would have their MACs"
     if plan.free_page_reporting:
         # Measured with QEMU 7.2: a clone's reported pages are discarded by
         # punching holes in the RAM file itself, although it is mapped private,

@@ -157,7 +157,8 @@ class Sandbox:
         )
         nics = await self.network.cold_nics()  # taps now; argv NICs on microvm only
         plan = self._vm_plan(share)
-        # NICs on the command line (microvm) make a VM no template can give.
+        if nics and self.settings.template:
+            log.info("cold boot: NICs on the command line (microvm) cannot come from a template")
         if not (self.settings.template and not nics and await self._start_clone(plan)):
             await self._start_cold(replace(plan, nics=nics))
         assert self.agent is not None
