@@ -295,7 +295,7 @@ async def _foreground(
     spec: dict[str, Any],
 ) -> int:
     """Run with our own stdio, signals forwarded; our exit status is the container's."""
-    from cocoon.cli.stub import open_terminal, winsize
+    from cocoon.cli.stub import enter_network_namespace, open_terminal, winsize
     from cocoon.service.client import ServiceClient, dup_stdio, send_stdio
 
     client = await ServiceClient.connect(paths)
@@ -311,7 +311,13 @@ async def _foreground(
                 saved_tty = termios.tcgetattr(0)
                 tty.setraw(0)
         await client.register_process(paths.id, "", os.getpid())
+        if spec.get("hooks"):
+            # Like the stub: the hooks get our PID, so we must not be in the host's
+            # network namespace when they look at /proc/<pid>/ns/net.
+            enter_network_namespace(wants_new_netns(spec), joined_netns(spec))
         create_hooks(paths, bundle, spec, os.getpid(), reporter)
+        if wants_new_netns(spec) and spec.get("hooks"):
+            await asyncio.to_thread(attach_hooked_network, paths, os.getpid())
         write_pid_file(args.pid_file, os.getpid())
         state = oci_state(paths, "created", os.getpid(), str(bundle), spec.get("annotations") or {})
         run_hooks("startContainer", spec, state, True, reporter)

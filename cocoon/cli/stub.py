@@ -153,6 +153,34 @@ def register(paths: SandboxPaths, exec_id: str, pid: int) -> None:
     )
 
 
+def enter_network_namespace(new: bool, path: str) -> None:
+    """Move this process into a new network namespace, or the one at ``path``.
+
+    For the foreground ``run``, which plays the stub's part itself: hooks get
+    its PID, and must never find the host's namespace behind it. Call from the
+    main thread (``/proc/<pid>/ns/net`` is the main thread's). Raises CocoonError.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if new:
+        rc = libc.unshare(CLONE_NEWNET)
+    elif path:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CocoonError(f"cannot open the network namespace {path}", exc) from exc
+        try:
+            rc = libc.setns(fd, CLONE_NEWNET)
+        finally:
+            os.close(fd)
+    else:
+        return
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise CocoonError(f"cannot enter a network namespace: {os.strerror(err)}")
+
+
 def _unshare(flag: int) -> None:
     import ctypes
 

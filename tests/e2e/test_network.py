@@ -323,3 +323,21 @@ def test_network_a_hook_configures_after_boot(env: Env, pod: Pod) -> None:
     ping = in_ns(pod.peer, "/bin/busybox", "ping", "-c", "2", "-W", "10", POD_IP, check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert env.run("delete", "--force", "hk1").returncode == 0
+
+
+def test_foreground_run_hooks_never_see_the_host_namespace(env: Env, pod: Pod) -> None:
+    """`cocoon run` is its own stub: the hook gets the CLI's PID, in a new namespace."""
+    hook = {"path": sys.executable, "args": ["python3", "-c", HOOK, pod.pod, POD_IP, PEER_IP]}
+    bundle = env.bundle(["/bin/sh", "-c", "ip addr show eth0"])
+    write_spec(bundle, [{"type": "network"}])
+    cfg = bundle / "config.json"
+    spec = json.loads(cfg.read_text())
+    spec["hooks"] = {"createRuntime": [hook]}
+    cfg.write_text(json.dumps(spec))
+    host_before = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
+    r = env.run("run", "--bundle", str(bundle), "fg1")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"inet {POD_IP}/24" in out and MAC in out, out
+    host_after = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
+    assert host_after == host_before
