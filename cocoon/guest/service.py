@@ -73,7 +73,7 @@ class AgentService:
     # -- containers ----------------------------------------------------------
     async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
         await self.containers.create(
-            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal
+            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal, req.pod_sandbox
         )
         return w.Empty()
 
