@@ -104,7 +104,10 @@ def _start_shim(args: argparse.Namespace, bundle: Path, sock: Path) -> None:
         config=None,
         preserve_fds=0,
     )
-    paths, _ = prepare_sandbox(ns, Reporter(None, "text", args.debug), lambda _terminal: None)
+    # containerd reads start's stdout and stderr together as the address: warnings
+    # (e.g. "running under TCG") must go elsewhere.
+    quiet = Reporter(os.devnull, "text", args.debug)
+    paths, _ = prepare_sandbox(ns, quiet, lambda _terminal: None)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
     argv = [sys.executable, "-m", "cocoon.shim.main"]
     argv += ["-namespace", args.namespace, "-address", args.address, "-id", args.id]
