@@ -1,0 +1,276 @@
+"""containerd 1.6 driving ``containerd-shim-cocoon-v2`` (runtime ``io.containerd.cocoon.v2``).
+
+Through ctr: one container = a pod of one = one VM. Through the CRI plugin (a small
+gRPC client standing in for the kubelet): a pod of two containers in one VM. Every
+test ends with nothing of Cocoon's left: no shim, QEMU or virtiofsd process, no
+sandbox state dir, no shim socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engines.conftest import (
+    LEAK_WAIT,
+    PtySession,
+    ShimContainerd,
+    check,
+    describe,
+    processes_matching,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+IMG = "localhost/busybox:latest"
+RT = ShimContainerd.RUNTIME
+SHIM_ROOT = Path("/run/cocoon-shim")
+
+
+def qemu_pids(marker: str) -> list[int]:
+    return sorted(
+        pid for pid, cmd in processes_matching([marker]).items() if "qemu-system" in cmd.split()[0]
+    )
+
+
+class Events:
+    """``ctr events`` in the background: (namespace, topic, payload) of each event."""
+
+    def __init__(self, ctrd: ShimContainerd, path: Path) -> None:
+        self.path = path
+        self.out = open(path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ctrd.ctr_argv("events"),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+
+    def events(self) -> list[tuple[str, str, dict[str, object]]]:
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            m = re.match(r"^\S+ \S+ \S+ \S+ (\S+) (/\S+) (\{.*\})$", line)
+            if m:
+                out.append((m.group(1), m.group(2), json.loads(m.group(3))))
+        return out
+
+    def topics_for(self, cid: str) -> list[str]:
+        return [t for _, t, p in self.events() if p.get("container_id") == cid]
+
+    def wait_topic(self, cid: str, topic: str, timeout: float = 60) -> dict[str, object]:
+        def found() -> bool:
+            return topic in self.topics_for(cid)
+
+        wait_for(f"{topic} for {cid} (seen {self.topics_for(cid)})", found, timeout)
+        return next(p for _, t, p in self.events() if t == topic and p.get("container_id") == cid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.out.close()
+
+
+@pytest.fixture
+def events(shim_containerd: ShimContainerd, tmp_path: Path) -> Iterator[Events]:
+    ev = Events(shim_containerd, tmp_path / "events.txt")
+    yield ev
+    ev.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_shim_leaks(shim_containerd: ShimContainerd) -> Iterator[None]:
+    """After each test: no process naming the shim's state, no state dir, no socket left."""
+    markers = [str(SHIM_ROOT) + "/", f"-address {shim_containerd.address} "]
+
+    def state() -> set[str]:
+        return {str(p) for p in SHIM_ROOT.glob("*/*")} if SHIM_ROOT.exists() else set()
+
+    before_procs = set(processes_matching(markers))
+    before_state = state()
+    yield
+
+    def new() -> tuple[dict[int, str], set[str]]:
+        procs = {p: c for p, c in processes_matching(markers).items() if p not in before_procs}
+        return procs, state() - before_state
+
+    try:
+        wait_for("shim processes and state to go", lambda: new() == ({}, set()), LEAK_WAIT, 0.5)
+    except AssertionError:
+        procs, left = new()
+        pytest.fail(f"leaks after test: processes {procs}, state {sorted(left)}")
+
+
+@pytest.fixture
+def cid() -> str:
+    return f"sh{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- ctr
+
+
+def test_run_rm_output_exit_code(shim_containerd: ShimContainerd, cid: str) -> None:
+    p = shim_containerd.ctr(
+        "run", "--rm", "--runtime", RT, IMG, cid,
+        "sh", "-c", "echo out-$((6*7)); echo err-1 >&2; seq 1 2000 | tail -1; exit 7",
+    )  # fmt: skip
+    assert p.returncode == 7, describe(p)
+    assert "out-42" in p.stdout and "2000" in p.stdout, describe(p)
+    assert "err-1" in p.stderr, describe(p)
+    assert cid not in shim_containerd.containers()
+
+
+def test_run_stdin_reaches_the_container(shim_containerd: ShimContainerd, cid: str) -> None:
+    p = subprocess.run(
+        shim_containerd.ctr_argv("run", "--rm", "--runtime", RT, IMG, cid, "sh", "-c", "wc -l"),
+        input="a\nb\nc\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "3", describe(p)
+
+
+def test_run_tty(
+    shim_containerd: ShimContainerd, cid: str, spawn_pty: Callable[..., PtySession]
+) -> None:
+    s = spawn_pty(shim_containerd.ctr_argv("run", "-t", "--rm", "--runtime", RT, IMG, cid, "sh"))
+    s.send("stty size; tty; echo tty-$((1+1))\n")
+    s.expect("24 80")  # ctr sent our window size with ResizePty
+    s.expect("/dev/pts/")
+    s.expect("tty-2")
+    s.send("exit 3\n")
+    assert s.wait() == 3, s.output
+
+
+def test_detached_exec_ps_metrics_pause_resume_kill_delete(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    pid, status = c.tasks()[cid]
+    assert status == "RUNNING"
+    assert qemu_pids(f"/{c.namespace}/{cid}/") == [pid]  # the task's pid is its VM's QEMU
+
+    p = check(c.ctr("task", "exec", "--exec-id", "x1", cid, "sh", "-c", "echo exec-$((2+3))"))
+    assert p.stdout.strip() == "exec-5", describe(p)
+    p = c.ctr("task", "exec", "--exec-id", "x2", cid, "sh", "-c", "echo e >&2; exit 5")
+    assert p.returncode == 5 and "e" in p.stderr, describe(p)
+
+    p = check(c.ctr("task", "ps", cid))
+    rows = p.stdout.strip().splitlines()
+    assert rows[0].split() == ["PID", "INFO"] and len(rows) >= 2, describe(p)
+
+    p = check(c.ctr("task", "metrics", cid))
+    usage = re.search(r"memory\.usage\s+(\d+)", p.stdout)
+    assert usage and int(usage.group(1)) > 0, describe(p)
+    assert re.search(r"pids\.current\s+[1-9]", p.stdout), describe(p)
+
+    check(c.ctr("task", "pause", cid))
+    assert c.tasks()[cid][1] == "PAUSED"
+    check(c.ctr("task", "resume", cid))
+    assert c.tasks()[cid][1] == "RUNNING"
+
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    exit_event = events.wait_topic(cid, "/tasks/exit")
+    assert exit_event.get("exit_status") == 137, exit_event
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+    events.wait_topic(cid, "/tasks/delete")
+    topics = events.topics_for(cid)
+    for topic in (
+        "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
+        "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete",
+    ):  # fmt: skip
+        assert topic in topics, topics
+    assert topics.index("/tasks/create") < topics.index("/tasks/start")
+
+
+def test_bad_requests_get_grpc_codes(shim_containerd: ShimContainerd, cid: str) -> None:
+    """Talk to the running shim directly, as containerd would, with bad requests."""
+    from google.protobuf import any_pb2
+
+    from cocoon.shim.pods import socket_path
+    from cocoon.shim.proto import shim_pb2 as pb
+    from cocoon.ttrpc.client import Client
+    from cocoon.ttrpc.status import Code, RPCError
+    from cocoon.ttrpc.transport import connect_unix
+
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    sock = socket_path(c.address, c.namespace, cid)
+    bundle = c.state / "io.containerd.runtime.v2.task" / c.namespace / cid
+
+    async def calls() -> dict[str, int]:
+        client = Client(await connect_unix(str(sock)), "shim")
+        codes: dict[str, int] = {}
+
+        async def code_of(name: str, method: str, req: object) -> None:
+            try:
+                await client.call("containerd.task.v2.Task", method, req.SerializeToString())  # type: ignore[attr-defined]
+                codes[name] = 0
+            except RPCError as exc:
+                codes[name] = exc.code
+
+        await code_of("unknown", "State", pb.StateRequest(id="nope"))
+        await code_of("unknown-exec", "Kill", pb.KillRequest(id=cid, exec_id="nope", signal=9))
+        await code_of("create-again", "Create", pb.CreateTaskRequest(id=cid, bundle=str(bundle)))
+        await code_of("start-again", "Start", pb.StartRequest(id=cid))
+        bad = any_pb2.Any(type_url="types.containerd.io/x", value=b"{not json")
+        await code_of("exec-bad-json", "Exec", pb.ExecProcessRequest(id=cid, exec_id="e", spec=bad))
+        await code_of("checkpoint", "Checkpoint", pb.CheckpointTaskRequest(id=cid))
+        await code_of("state-ok", "State", pb.StateRequest(id=cid))
+        await client.close()
+        return codes
+
+    codes = asyncio.run(calls())
+    assert codes == {
+        "unknown": Code.NOT_FOUND,
+        "unknown-exec": Code.NOT_FOUND,
+        "create-again": Code.ALREADY_EXISTS,
+        "start-again": Code.FAILED_PRECONDITION,
+        "exec-bad-json": Code.INVALID_ARGUMENT,
+        "checkpoint": Code.UNIMPLEMENTED,
+        "state-ok": 0,
+    }, codes
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+
+
+def test_killed_vm_publishes_exit_and_deletes_cleanly(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    check(c.ctr("task", "exec", "-d", "--exec-id", "bg", cid, "sleep", "1000"))
+    events.wait_topic(cid, "/tasks/exec-started")
+    (qemu,) = qemu_pids(f"/{c.namespace}/{cid}/")
+    os.kill(qemu, signal.SIGKILL)
+    exits = []
+
+    def both_exited() -> bool:
+        exits[:] = [
+            p for _, t, p in events.events() if t == "/tasks/exit" and p.get("container_id") == cid
+        ]
+        return len(exits) >= 2
+
+    wait_for("TaskExit for the task and its exec", both_exited, 60)
+    assert {e.get("id") for e in exits} == {cid, "bg"}, exits
+    assert all(e.get("exit_status") not in (None, 0) for e in exits), exits
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
