@@ -261,6 +261,8 @@ class TaskService:
             if proc.started:
                 with contextlib.suppress(NotFound):
                     self.sandbox.delete_exec(req.id, req.exec_id)
+            elif not proc.exited.done():
+                proc.exited.set_result((0, time.time_ns()))  # never ran: release waiters
             del ctr.execs[req.exec_id]
         else:
             record = self.sandbox.containers.get(req.id)
@@ -373,8 +375,7 @@ class TaskService:
 
     async def Wait(self, req: pb.WaitRequest) -> pb.WaitResponse:
         proc = self._proc(req.id, req.exec_id)
-        if not proc.started:
-            raise FailedPrecondition(f"exec {req.exec_id!r} of {req.id!r} is not started")
+        # ctr waits on an exec before it starts it: this simply waits longer.
         code, at = await asyncio.shield(proc.exited)
         return pb.WaitResponse(exit_status=code, exited_at=timestamp(at))
 

@@ -69,12 +69,19 @@ class Events:
     def topics_for(self, cid: str) -> list[str]:
         return [t for _, t, p in self.events() if p.get("container_id") == cid]
 
-    def wait_topic(self, cid: str, topic: str, timeout: float = 60) -> dict[str, object]:
-        def found() -> bool:
-            return topic in self.topics_for(cid)
+    def matching(self, cid: str, topic: str, pid_id: str = "") -> list[dict[str, object]]:
+        return [
+            p
+            for _, t, p in self.events()
+            if t == topic and p.get("container_id") == cid and (not pid_id or p.get("id") == pid_id)
+        ]
 
-        wait_for(f"{topic} for {cid} (seen {self.topics_for(cid)})", found, timeout)
-        return next(p for _, t, p in self.events() if t == topic and p.get("container_id") == cid)
+    def wait_topic(
+        self, cid: str, topic: str, pid_id: str = "", timeout: float = 60
+    ) -> dict[str, object]:
+        """The first ``topic`` event of container ``cid`` (and process ``pid_id``, if given)."""
+        wait_for(f"{topic} for {cid}", lambda: bool(self.matching(cid, topic, pid_id)), timeout)
+        return self.matching(cid, topic, pid_id)[0]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -183,7 +190,7 @@ def test_detached_exec_ps_metrics_pause_resume_kill_delete(
     assert c.tasks()[cid][1] == "RUNNING"
 
     check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
-    exit_event = events.wait_topic(cid, "/tasks/exit")
+    exit_event = events.wait_topic(cid, "/tasks/exit", pid_id=cid)
     assert exit_event.get("exit_status") == 137, exit_event
     wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
     check(c.ctr("task", "delete", cid))
@@ -263,9 +270,7 @@ def test_killed_vm_publishes_exit_and_deletes_cleanly(
     exits = []
 
     def both_exited() -> bool:
-        exits[:] = [
-            p for _, t, p in events.events() if t == "/tasks/exit" and p.get("container_id") == cid
-        ]
+        exits[:] = events.matching(cid, "/tasks/exit")
         return len(exits) >= 2
 
     wait_for("TaskExit for the task and its exec", both_exited, 60)
