@@ -41,6 +41,10 @@ class AgentService:
         system.reseed_random(req.seed)
         if req.hostname:
             system.sethostname(req.hostname)
+        try:
+            system.loopback_up()
+        except OSError as exc:
+            log.warning("cannot bring lo up: %s", exc)
         for st in req.storages:
             self._mount_storage(st)
         self.sandbox_id = req.sandbox_id

@@ -83,6 +83,20 @@ def base_mounts() -> None:
         log.warning("cannot enable cgroup controllers: %s", exc)
 
 
+def loopback_up() -> None:
+    """Bring ``lo`` up in the VM's own network namespace: pod containers that share it
+    (host-network pods, joined pod namespaces) talk over localhost."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s, siocgifflags, struct.pack("16sH", b"lo", 0))
+        flags = struct.unpack("16sH", ifr[:18])[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up))
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")

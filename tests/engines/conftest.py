@@ -372,6 +372,7 @@ state = "{self.state}"
   conf_dir = "{b}/cni/conf"
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
+  default_runtime_name = "cocoon"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
   runtime_type = "{self.RUNTIME}"
 """

@@ -279,3 +279,122 @@ def test_killed_vm_publishes_exit_and_deletes_cleanly(
     wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
     check(c.ctr("task", "delete", cid))
     check(c.ctr("container", "rm", cid))
+
+
+# --------------------------------------------------------------------------- CRI
+
+
+def _pod_config(name: str, logs: Path) -> object:
+    from tests.engines.cri.client import cri
+
+    node = cri.NamespaceOption(network=cri.NODE)  # pod networking is not this issue's
+    return cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=name, uid=uuid.uuid4().hex, namespace="default"),
+        hostname=name,
+        log_directory=str(logs),
+        linux=cri.LinuxPodSandboxConfig(
+            security_context=cri.LinuxSandboxSecurityContext(namespace_options=node)
+        ),
+    )
+
+
+def _container_config(name: str, command: list[str]) -> object:
+    from tests.engines.cri.client import cri
+
+    node = cri.NamespaceOption(network=cri.NODE)
+    return cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name=name),
+        image=cri.ImageSpec(image=IMG),
+        command=command,
+        log_path=f"{name}.log",
+        linux=cri.LinuxContainerConfig(
+            security_context=cri.LinuxContainerSecurityContext(namespace_options=node)
+        ),
+    )
+
+
+def test_cri_pod_of_two_containers_shares_one_vm(
+    shim_containerd: ShimContainerd, events: Events, tmp_path: Path
+) -> None:
+    from tests.engines.cri.client import CRI, cri
+
+    c = shim_containerd
+    client = CRI(c.address)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pod = _pod_config(f"pod{uuid.uuid4().hex[:6]}", logs)
+    sid = client.call(
+        "RunPodSandbox",
+        cri.RunPodSandboxRequest(config=pod, runtime_handler="cocoon"),
+        cri.RunPodSandboxResponse,
+    ).pod_sandbox_id
+    try:
+        server = _container_config(
+            "server",
+            ["sh", "-c", "mkdir /tmp/w && echo pong > /tmp/w/index.html && "
+             "exec httpd -f -p 127.0.0.1:8080 -h /tmp/w"],
+        )  # fmt: skip
+        client_ctr = _container_config("client", ["sleep", "100000"])
+        ids = []
+        for cfg in (server, client_ctr):
+            ctr_id = client.call(
+                "CreateContainer",
+                cri.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod),
+                cri.CreateContainerResponse,
+            ).container_id
+            client.call(
+                "StartContainer",
+                cri.StartContainerRequest(container_id=ctr_id),
+                cri.StartContainerResponse,
+            )
+            ids.append(ctr_id)
+        server_id, client_id = ids
+
+        # One VM for the pod: one QEMU under the pod's sandbox state.
+        assert len(qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/{sid}/")) == 1
+        assert len(qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/")) == 1
+
+        def exec_sync(ctr_id: str, cmd: list[str]) -> tuple[int, str]:
+            r = client.call(
+                "ExecSync",
+                cri.ExecSyncRequest(container_id=ctr_id, cmd=cmd, timeout=60),
+                cri.ExecSyncResponse,
+            )
+            return r.exit_code, r.stdout.decode() + r.stderr.decode()
+
+        # The containers talk over localhost (the server may still be starting).
+        got: list[tuple[int, str]] = []
+
+        def fetched() -> bool:
+            got[:] = [exec_sync(client_id, ["wget", "-qO-", "http://127.0.0.1:8080/"])]
+            return got[0] == (0, "pong\n")
+
+        try:
+            wait_for("the client to reach the server over localhost", fetched, 60, 1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: last try {got}") from None
+        # ... and share the pod's IPC, UTS and network namespaces.
+        for ns in ("ipc", "uts", "net"):
+            links = {
+                exec_sync(x, ["readlink", f"/proc/self/ns/{ns}"]) for x in (server_id, client_id)
+            }
+            assert len(links) == 1, (ns, links)
+        code, out = exec_sync(client_id, ["sh", "-c", "echo to-stderr >&2; exit 3"])
+        assert (code, out) == (3, "to-stderr\n")
+        for x in (sid, server_id, client_id):
+            events.wait_topic(x, "/tasks/start", pid_id="")
+    finally:
+        client.call(
+            "StopPodSandbox",
+            cri.StopPodSandboxRequest(pod_sandbox_id=sid),
+            cri.StopPodSandboxResponse,
+        )
+        client.call(
+            "RemovePodSandbox",
+            cri.RemovePodSandboxRequest(pod_sandbox_id=sid),
+            cri.RemovePodSandboxResponse,
+        )
+        client.close()
+    for x in (sid, server_id, client_id):
+        events.wait_topic(x, "/tasks/exit")
+    assert not qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/")
