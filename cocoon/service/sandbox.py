@@ -476,6 +476,16 @@ class Sandbox:
         agent = await self.ready()
         return await agent.stats(cid)
 
+    async def oom_kills(self, cid: str) -> int:
+        """How many processes the guest's OOM killer killed in the container's cgroup.
+
+        Works after the container's init exited too (until it is deleted), so an
+        OOM that ended the container is still seen. Raises Unavailable, NotFound.
+        """
+        self.get(cid)
+        agent = await self.ready()
+        return (await agent.stats(cid)).memory_events.get("oom_kill", 0)
+
     def exit_status(self, cid: str) -> int:
         init = self.get(cid).init
         if init is None or not init.exit.done() or init.exit.exception() is not None:

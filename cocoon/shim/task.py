@@ -128,6 +128,8 @@ class TaskService:
                 status, at = DEAD_VM_STATUS, time.time_ns()
             except NotFound:
                 status, at = DEAD_VM_STATUS, time.time_ns()
+            if not proc.exec_id and status != DEAD_VM_STATUS:
+                await self._check_oom(proc.cid)  # an OOM kill that ended the container
             if not proc.exited.done():
                 proc.exited.set_result((status, at))
             self.events.publish(
@@ -398,21 +400,28 @@ class TaskService:
             self._oom_task = asyncio.get_running_loop().create_task(self._watch_oom())
 
     async def _watch_oom(self) -> None:
-        """Turn a rising ``memory.events`` oom_kill of a guest cgroup into TaskOOM."""
+        """Turn a rising ``memory.events`` oom_kill of a guest cgroup into TaskOOM.
+
+        The guest kernel counts OOM kills per cgroup; the host polls the count with
+        the stats call (cheap, and the guest runs no watcher of its own), and checks
+        once more when a container's init exits, so an OOM that ended it is seen.
+        """
         while self.sandbox.state not in (SandboxState.STOPPED, SandboxState.DEAD):
             await asyncio.sleep(OOM_POLL_INTERVAL)
-            for cid, ctr in list(self.containers.items()):
+            for cid in list(self.containers):
                 record = self.sandbox.containers.get(cid)
-                if record is None or record.status != "running":
-                    continue
-                try:
-                    stats = await self.sandbox.stats(cid)
-                except CocoonError:
-                    continue
-                kills = stats.memory_events.get("oom_kill", 0)
-                if kills > ctr.oom_kills:
-                    ctr.oom_kills = kills
-                    self.events.publish(ev.TaskOOM(container_id=cid))
+                if record is not None and record.status == "running":
+                    await self._check_oom(cid)
+
+    async def _check_oom(self, cid: str) -> None:
+        ctr = self.containers.get(cid)
+        try:
+            kills = await self.sandbox.oom_kills(cid)
+        except CocoonError:
+            return
+        if ctr is not None and kills > ctr.oom_kills:
+            ctr.oom_kills = kills
+            self.events.publish(ev.TaskOOM(container_id=cid))
 
     # -- ttRPC ---------------------------------------------------------------
     def register(self, server: Server) -> None:

@@ -398,3 +398,17 @@ def test_cri_pod_of_two_containers_shares_one_vm(
     for x in (sid, server_id, client_id):
         events.wait_topic(x, "/tasks/exit")
     assert not qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/")
+
+
+def test_oom_kill_in_the_guest_publishes_task_oom(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    # dd's 128 MiB buffer cannot fit the container's 32 MiB guest cgroup.
+    p = shim_containerd.ctr(
+        "run", "--rm", "--runtime", RT, "--memory-limit", str(32 << 20), IMG, cid,
+        "dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1",
+    )  # fmt: skip
+    assert p.returncode == 137, describe(p)
+    events.wait_topic(cid, "/tasks/oom")
+    topics = events.topics_for(cid)
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit"), topics
