@@ -96,6 +96,7 @@ def _start_shim(args: argparse.Namespace, bundle: Path, sock: Path) -> None:
 
     if _listening(sock):
         raise FailedPrecondition(f"a shim already serves {args.id!r} at {sock}")
+    _remove_stale(args)
     ns = argparse.Namespace(
         id=args.id,
         bundle=str(bundle),
@@ -120,6 +121,24 @@ def _start_shim(args: argparse.Namespace, bundle: Path, sock: Path) -> None:
     except BaseException:
         force_cleanup(paths)
         raise
+
+
+def _remove_stale(args: argparse.Namespace) -> None:
+    """Remove what a crashed shim of the same pod left (containerd may retry the id)."""
+    from cocoon.procutil import alive
+    from cocoon.service import persist
+    from cocoon.service.launch import force_cleanup
+
+    paths = persist.SandboxPaths(state_root(args.namespace), args.id)
+    if not paths.dir.exists():
+        return
+    try:
+        pid = persist.load(paths).service_pid
+    except CocoonError:
+        pid = 0
+    if pid and alive(pid):
+        raise FailedPrecondition(f"pod {args.id!r} already has a shim (pid {pid})")
+    force_cleanup(paths)
 
 
 # -- delete ------------------------------------------------------------------------

@@ -375,6 +375,8 @@ state = "{self.state}"
   default_runtime_name = "cocoon"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
   runtime_type = "{self.RUNTIME}"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 """
         )
 
