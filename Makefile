@@ -34,3 +34,4 @@ lint:
 bench: setup
 	.venv/bin/python bench/run.py
 	.venv/bin/python bench/cli.py
+	.venv/bin/python bench/shim.py

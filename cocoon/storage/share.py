@@ -83,10 +83,6 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
             ns = {k: v for k, v in ns.items() if k != "path"}
         namespaces.append(ns)
     linux["namespaces"] = namespaces
-    if guest.get("hostname") and not any(ns.get("type") == "uts" for ns in namespaces):
-        # The "host" UTS namespace of a container in a VM is the VM's own: its hostname
-        # is the sandbox's, and crun refuses a hostname without a UTS namespace.
-        del guest["hostname"]
     return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest)
 
 

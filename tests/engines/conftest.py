@@ -315,7 +315,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return [Path("/run/containerd/runc") / self.namespace]
 
     def shims(self) -> dict[int, str]:
-        return processes_matching([f"-address {self.address} "])
+        # Raw cmdlines: NUL between arguments.
+        return processes_matching([f"-address\0{self.address}\0"])
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -99,7 +99,7 @@ def events(shim_containerd: ShimContainerd, tmp_path: Path) -> Iterator[Events]:
 @pytest.fixture(autouse=True)
 def _no_shim_leaks(shim_containerd: ShimContainerd) -> Iterator[None]:
     """After each test: no process naming the shim's state, no state dir, no socket left."""
-    markers = [str(SHIM_ROOT) + "/", f"-address {shim_containerd.address} "]
+    markers = [str(SHIM_ROOT) + "/", f"-address\0{shim_containerd.address}\0"]
 
     def state() -> set[str]:
         return {str(p) for p in SHIM_ROOT.glob("*/*")} if SHIM_ROOT.exists() else set()
@@ -290,7 +290,6 @@ def _pod_config(name: str, logs: Path) -> object:
     node = cri.NamespaceOption(network=cri.NODE)  # pod networking is not this issue's
     return cri.PodSandboxConfig(
         metadata=cri.PodSandboxMetadata(name=name, uid=uuid.uuid4().hex, namespace="default"),
-        hostname=name,
         log_directory=str(logs),
         linux=cri.LinuxPodSandboxConfig(
             security_context=cri.LinuxSandboxSecurityContext(namespace_options=node)
@@ -350,9 +349,12 @@ def test_cri_pod_of_two_containers_shares_one_vm(
             ids.append(ctr_id)
         server_id, client_id = ids
 
-        # One VM for the pod: one QEMU under the pod's sandbox state.
-        assert len(qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/{sid}/")) == 1
-        assert len(qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/")) == 1
+        # One VM for the pod: one QEMU under the pod's sandbox state, none of its own
+        # for either container.
+        pod_root = SHIM_ROOT / ShimContainerd.CRI_NAMESPACE
+        assert len(qemu_pids(f"{pod_root}/{sid}/")) == 1
+        for x in ids:
+            assert not qemu_pids(f"{pod_root}/{x}/") and not (pod_root / x).exists()
 
         def exec_sync(ctr_id: str, cmd: list[str]) -> tuple[int, str]:
             r = client.call(
@@ -397,7 +399,7 @@ def test_cri_pod_of_two_containers_shares_one_vm(
         client.close()
     for x in (sid, server_id, client_id):
         events.wait_topic(x, "/tasks/exit")
-    assert not qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/")
+    assert not qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/{sid}/")
 
 
 def test_oom_kill_in_the_guest_publishes_task_oom(

@@ -61,12 +61,3 @@ def test_host_namespace_paths_never_reach_the_guest(tmp_path: Path) -> None:
     ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
     assert ns == [{"type": "pid"}, {"type": "ipc"}]
 
-
-def test_hostname_needs_a_uts_namespace_in_the_guest(tmp_path: Path) -> None:
-    """A host-UTS container (CRI host-network pod) in a VM lives in the VM's UTS namespace."""
-    spec = default_spec(["sh"])
-    spec["hostname"] = "pod"
-    spec["linux"]["namespaces"] = [{"type": "pid"}, {"type": "mount"}]
-    assert "hostname" not in plan_container("c", spec, tmp_path, False).guest_spec
-    spec["linux"]["namespaces"].append({"type": "uts"})
-    assert plan_container("c", spec, tmp_path, False).guest_spec["hostname"] == "pod"
