@@ -47,7 +47,9 @@ def test_publisher_forwards_over_ttrpc_in_order(tmp_path: Path) -> None:
         pub.publish(ev.TaskStart(container_id="c", pid=1))
         pub.publish(ev.TaskExit(container_id="c", id="c", exit_status=1))
         await pub.close()
+        await asyncio.sleep(0.1)  # the server side sees the client go
         srv.close()
+        await srv.wait_closed()
         return pub.sent
 
     assert asyncio.run(main()) == ["/tasks/start", "/tasks/exit"]
