@@ -27,6 +27,7 @@ from tests.engines.conftest import (
     ShimContainerd,
     check,
     describe,
+    mounts_under,
     processes_matching,
     wait_for,
 )
@@ -108,15 +109,15 @@ def _no_shim_leaks(shim_containerd: ShimContainerd) -> Iterator[None]:
     before_state = state()
     yield
 
-    def new() -> tuple[dict[int, str], set[str]]:
+    def new() -> tuple[dict[int, str], set[str], list[str]]:
         procs = {p: c for p, c in processes_matching(markers).items() if p not in before_procs}
-        return procs, state() - before_state
+        return procs, state() - before_state, mounts_under(shim_containerd.state)
 
     try:
-        wait_for("shim processes and state to go", lambda: new() == ({}, set()), LEAK_WAIT, 0.5)
+        wait_for("shim processes and state to go", lambda: new() == ({}, set(), []), LEAK_WAIT)
     except AssertionError:
-        procs, left = new()
-        pytest.fail(f"leaks after test: processes {procs}, state {sorted(left)}")
+        procs, left, mounts = new()
+        pytest.fail(f"leaks after test: processes {procs}, state {sorted(left)}, mounts {mounts}")
 
 
 @pytest.fixture
@@ -130,10 +131,13 @@ def cid() -> str:
 def test_run_rm_output_exit_code(shim_containerd: ShimContainerd, cid: str) -> None:
     p = shim_containerd.ctr(
         "run", "--rm", "--runtime", RT, IMG, cid,
-        "sh", "-c", "echo out-$((6*7)); echo err-1 >&2; seq 1 2000 | tail -1; exit 7",
+        "sh", "-c", "echo out-$((6*7)); echo err-1 >&2; seq 1 100000; exit 7",
     )  # fmt: skip
     assert p.returncode == 7, describe(p)
-    assert "out-42" in p.stdout and "2000" in p.stdout, describe(p)
+    lines = p.stdout.splitlines()
+    assert lines[0] == "out-42", describe(p)
+    # ~600 KiB right before the exit: none of it is lost.
+    assert lines[1:] == [str(i) for i in range(1, 100001)], describe(p)[:2000]
     assert "err-1" in p.stderr, describe(p)
     assert cid not in shim_containerd.containers()
 
@@ -159,6 +163,24 @@ def test_run_tty(
     s.expect("tty-2")
     s.send("exit 3\n")
     assert s.wait() == 3, s.output
+
+
+def test_exec_with_a_tty_and_kill_all(
+    shim_containerd: ShimContainerd, cid: str, spawn_pty: Callable[..., PtySession]
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    s = spawn_pty(c.ctr_argv("task", "exec", "-t", "--exec-id", "tty1", cid, "sh"))
+    s.send("stty size; echo in-$((3*3))\n")
+    s.expect("24 80")
+    s.expect("in-9")
+    s.send("exit 4\n")
+    assert s.wait() == 4, s.output
+    check(c.ctr("task", "exec", "-d", "--exec-id", "bg", cid, "sleep", "1000"))
+    check(c.ctr("task", "kill", "--all", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
 
 
 def test_detached_exec_ps_metrics_pause_resume_kill_delete(
