@@ -436,3 +436,27 @@ def test_oom_kill_in_the_guest_publishes_task_oom(
     events.wait_topic(cid, "/tasks/oom")
     topics = events.topics_for(cid)
     assert topics.index("/tasks/oom") < topics.index("/tasks/exit"), topics
+
+
+def test_killed_shim_is_cleaned_up_by_delete(shim_containerd: ShimContainerd, cid: str) -> None:
+    """containerd runs ``containerd-shim-cocoon-v2 delete`` for a shim that vanished: it must
+    kill the VM the shim left and remove the pod's state."""
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    shims = [
+        pid
+        for pid, cmd in processes_matching([f"{SHIM_ROOT}/{c.namespace}/{cid}\0"]).items()
+        if "cocoon.shim.main" in cmd
+    ]
+    assert len(shims) == 1, shims
+    assert qemu_pids(f"/{c.namespace}/{cid}/")
+    os.kill(shims[0], signal.SIGKILL)
+    # containerd drops the task of a dead shim once `delete` has cleaned up after it.
+    wait_for("containerd to drop the task", lambda: cid not in c.tasks(), 60)
+    wait_for(
+        "the VM and the pod state to go",
+        lambda: not qemu_pids(f"/{c.namespace}/{cid}/")
+        and not (SHIM_ROOT / c.namespace / cid).exists(),
+        30,
+    )
+    check(c.ctr("container", "rm", cid))
