@@ -181,6 +181,7 @@ def serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    _log_to_containerd(Path(args.bundle) / "log", args.id)
     ready = os.fdopen(args.ready_fd, "w")
     try:
         private_mount_namespace()
@@ -201,6 +202,39 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         logging.shutdown()
     os._exit(rc)  # relay threads may block in FIFO reads: do not wait for them
+
+
+class _FifoHandler(logging.Handler):
+    """Log lines into containerd's ``<bundle>/log`` FIFO, which containerd copies into its
+    own log. Never blocks: a line that does not fit (nobody reading) is dropped."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.fd, (self.format(record) + "\n").encode(errors="replace"))
+
+
+def _log_to_containerd(fifo: Path, pod_id: str) -> None:
+    import stat
+
+    try:
+        if not stat.S_ISFIFO(fifo.stat().st_mode):
+            return
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return  # containerd is not reading (yet): the state dir's log still has everything
+    handler = _FifoHandler(fd)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(
+        logging.Formatter(
+            f'time="%(asctime)s" level=%(levelname)s msg="%(message)s" '
+            f"runtime=io.containerd.cocoon.v2 pod={pod_id} logger=%(name)s"
+        )
+    )
+    logging.getLogger().addHandler(handler)
 
 
 async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, cgroup: Any) -> int:

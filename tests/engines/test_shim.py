@@ -140,6 +140,12 @@ def test_run_rm_output_exit_code(shim_containerd: ShimContainerd, cid: str) -> N
     assert lines[1:] == [str(i) for i in range(1, 100001)], describe(p)[:2000]
     assert "err-1" in p.stderr, describe(p)
     assert cid not in shim_containerd.containers()
+    # The shim's log reaches containerd's (through the bundle's log FIFO).
+    wait_for(
+        "the shim's log in containerd's",
+        lambda: f"pod={cid}" in shim_containerd.log.read_text(errors="replace"),
+        10,
+    )
 
 
 def test_run_stdin_reaches_the_container(shim_containerd: ShimContainerd, cid: str) -> None:
