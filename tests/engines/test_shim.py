@@ -233,11 +233,15 @@ def test_detached_exec_ps_metrics_pause_resume_kill_delete(
     assert topics.index("/tasks/create") < topics.index("/tasks/start")
 
 
-def test_bad_requests_get_grpc_codes(shim_containerd: ShimContainerd, cid: str) -> None:
-    """Talk to the running shim directly, as containerd would, with bad requests."""
+def test_task_api_direct_error_codes_update_stats_connect(
+    shim_containerd: ShimContainerd, cid: str
+) -> None:
+    """Talk to the running shim directly, as containerd would: bad requests get gRPC codes;
+    Update reaches the guest cgroup (seen in Stats); Connect names the shim and the VM."""
     from google.protobuf import any_pb2
 
     from cocoon.shim.pods import socket_path
+    from cocoon.shim.proto import cgroups2_pb2 as cg
     from cocoon.shim.proto import shim_pb2 as pb
     from cocoon.ttrpc.client import Client
     from cocoon.ttrpc.status import Code, RPCError
@@ -267,6 +271,23 @@ def test_bad_requests_get_grpc_codes(shim_containerd: ShimContainerd, cid: str) 
         await code_of("exec-bad-json", "Exec", pb.ExecProcessRequest(id=cid, exec_id="e", spec=bad))
         await code_of("checkpoint", "Checkpoint", pb.CheckpointTaskRequest(id=cid))
         await code_of("state-ok", "State", pb.StateRequest(id=cid))
+        # Update reaches the guest cgroup; Stats and Connect answer.
+        limit = any_pb2.Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+            value=json.dumps({"memory": {"limit": 48 << 20}}).encode(),
+        )
+        await code_of("update", "Update", pb.UpdateTaskRequest(id=cid, resources=limit))
+        raw = await client.call(
+            "containerd.task.v2.Task", "Stats", pb.StatsRequest(id=cid).SerializeToString()
+        )
+        stats = pb.StatsResponse.FromString(raw).stats
+        assert stats.type_url == "io.containerd.cgroups.v2.Metrics"
+        assert cg.Metrics.FromString(stats.value).memory.usage_limit == 48 << 20
+        raw = await client.call(
+            "containerd.task.v2.Task", "Connect", pb.ConnectRequest(id=cid).SerializeToString()
+        )
+        connect = pb.ConnectResponse.FromString(raw)
+        assert connect.shim_pid > 0 and connect.task_pid == c.tasks()[cid][0]
         await client.close()
         return codes
 
@@ -279,6 +300,7 @@ def test_bad_requests_get_grpc_codes(shim_containerd: ShimContainerd, cid: str) 
         "exec-bad-json": Code.INVALID_ARGUMENT,
         "checkpoint": Code.UNIMPLEMENTED,
         "state-ok": 0,
+        "update": 0,
     }, codes
     check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
     wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
