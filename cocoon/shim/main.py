@@ -152,14 +152,18 @@ def delete(args: argparse.Namespace) -> int:
 
     bundle = Path(args.bundle or os.getcwd())
     role = _role(args, bundle)
-    if role.is_sandbox:
+    sock = socket_path(args.address, args.namespace, role.pod_id)
+    # containerd also runs this when it merely closes its connection for a task (the
+    # pod's sandbox container deleted before its members): a shim that still answers
+    # serves the rest of the pod, and ends itself after the last Delete.
+    if role.is_sandbox and not _listening(sock):
         paths = SandboxPaths(state_root(args.namespace), role.pod_id)
         if paths.dir.exists():
             left = force_cleanup(paths)
             if left:
                 print(f"cocoon shim delete: left behind: {left}", file=sys.stderr)
         with contextlib.suppress(FileNotFoundError):
-            socket_path(args.address, args.namespace, role.pod_id).unlink()
+            sock.unlink()
     with contextlib.suppress(OSError):
         umount(str(bundle / "rootfs"))
     resp = pb.DeleteResponse(exit_status=DEAD_SHIM_STATUS, exited_at=timestamp(time.time_ns()))
@@ -271,10 +275,12 @@ async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, c
     await asyncio.sleep(0.05)  # let the Shutdown reply reach containerd
     await sandbox.shutdown()
     await publisher.close()
+    # Keep answering connects until the state is gone: `delete`, which containerd runs
+    # as soon as it drops its connection, leaves a shim that still listens alone.
+    teardown(paths, sandbox, cgroup)
     rpc.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)
-    teardown(paths, sandbox, cgroup)
     return 0
 
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -270,6 +271,8 @@ class TaskService:
             record = self.sandbox.containers.get(req.id)
             if record is not None and record.status in ("running", "paused"):
                 raise FailedPrecondition(f"cannot delete running task {req.id!r}")
+            if req.id == self.pod_id:
+                await self._kill_pod_members()
             await self.sandbox.delete_container(req.id, force=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proc.exited), 15)
@@ -294,6 +297,14 @@ class TaskService:
                 # The pod is gone: stop the VM now; the process exits at Shutdown.
                 await self.sandbox.shutdown()
         return resp
+
+    async def _kill_pod_members(self) -> None:
+        """The pod's sandbox goes: its other containers go down with it (they get their
+        TaskExit; containerd deletes them, and the last Delete stops the VM)."""
+        for cid, ctr in self.containers.items():
+            if cid != self.pod_id and not ctr.init.exited.done():
+                with contextlib.suppress(CocoonError):
+                    await self.sandbox.kill(cid, "", signal.SIGKILL, True)
 
     async def Pids(self, req: pb.PidsRequest) -> pb.PidsResponse:
         self._ctr(req.id)

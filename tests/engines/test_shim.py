@@ -488,3 +488,41 @@ def test_killed_shim_is_cleaned_up_by_delete(shim_containerd: ShimContainerd, ci
         30,
     )
     check(c.ctr("container", "rm", cid))
+
+
+def test_annotated_pod_through_ctr_and_sandbox_delete_takes_members_down(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    """A pod made of CRI annotations by hand (the member with CRI-O's spelling): one VM;
+    deleting the stopped sandbox container stops the member (TaskExit) too."""
+    c = shim_containerd
+    pod, member = cid, f"{cid}-m"
+    sandbox_ann = [
+        "--annotation", "io.kubernetes.cri.container-type=sandbox",
+        "--annotation", f"io.kubernetes.cri.sandbox-id={pod}",
+    ]  # fmt: skip
+    member_ann = [
+        "--annotation", "io.kubernetes.cri-o.ContainerType=container",
+        "--annotation", f"io.kubernetes.cri-o.SandboxID={pod}",
+    ]  # fmt: skip
+    check(c.ctr("run", "-d", "--runtime", RT, *sandbox_ann, IMG, pod, "sleep", "1000"))
+    check(c.ctr("run", "-d", "--runtime", RT, *member_ann, IMG, member, "sleep", "1000"))
+    tasks = c.tasks()
+    assert tasks[pod][0] == tasks[member][0] and tasks[member][1] == "RUNNING"
+    assert len(qemu_pids(f"/{c.namespace}/{pod}/")) == 1
+    assert not (SHIM_ROOT / c.namespace / member).exists()
+    links = {
+        check(c.ctr("task", "exec", "--exec-id", "l", x, "readlink", "/proc/self/ns/ipc")).stdout
+        for x in (pod, member)
+    }
+    assert len(links) == 1, links
+
+    check(c.ctr("task", "kill", "-s", "SIGKILL", pod))
+    wait_for("the sandbox to stop", lambda: c.tasks()[pod][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", pod))
+    exit_event = events.wait_topic(member, "/tasks/exit", pid_id=member)
+    assert exit_event.get("exit_status") == 137, exit_event
+    wait_for("the member to stop", lambda: c.tasks()[member][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", member))
+    for x in (pod, member):
+        check(c.ctr("container", "rm", x))
