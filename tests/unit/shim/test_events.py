@@ -47,9 +47,12 @@ def test_publisher_forwards_over_ttrpc_in_order(tmp_path: Path) -> None:
         pub.publish(ev.TaskStart(container_id="c", pid=1))
         pub.publish(ev.TaskExit(container_id="c", id="c", exit_status=1))
         await pub.close()
-        await asyncio.sleep(0.1)  # the server side sees the client go
         srv.close()
         await srv.wait_closed()
+        for _ in range(100):  # the server side sees the client go and ends its tasks
+            if len(asyncio.all_tasks()) <= 1:
+                break
+            await asyncio.sleep(0.01)
         return pub.sent
 
     assert asyncio.run(main()) == ["/tasks/start", "/tasks/exit"]
