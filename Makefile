@@ -33,5 +33,6 @@ lint:
 
 bench: setup
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/templates.py
 	.venv/bin/python bench/cli.py
 	.venv/bin/python bench/shim.py

@@ -1,8 +1,9 @@
-"""Cocoon's benchmark: ratios measured side by side in one run, on the same kernel.
+"""Cocoon's cold-boot benchmark: ratios measured side by side in one run, on the same kernel.
 
+Templates are off here (``bench/templates.py`` compares the templated start):
 (a) bare QEMU booting the guest kernel to a busybox /init line (the floor);
-(b) ``cocoon run /bin/true`` with its breakdown (QEMU start, agent ready,
-    container created/started/exited, cleaned up);
+(b) ``cocoon run /bin/true``, cold boot, with its breakdown (QEMU start, agent
+    ready, container created/started/exited, cleaned up);
 (c) ``runc run`` (and ``crun run`` if it works on this host) on the same bundle;
 (d) host memory (PSS) of QEMU + virtiofsd + the sandbox service for an idle sandbox.
 
@@ -32,6 +33,7 @@ from cocoon.hypervisor.cmdline import BASE_KERNEL_PARAMS  # noqa: E402
 from tests.fixtures.bundle import make_bundle  # noqa: E402
 
 COCOON = [sys.executable, "-m", "cocoon.cli.main"]
+COLD = {"COCOON_ENABLE_TEMPLATE": "false"}
 MARKER = b"BENCH-INIT-UP"
 
 
@@ -147,7 +149,7 @@ def pss_kib(pid: int) -> int:
 
 
 def idle_pss(root: Path, bundle: Path, cid: str, shared_fs: str, settle: float) -> dict[str, int]:
-    env = {**os.environ, "COCOON_SHARED_FS": shared_fs}
+    env = {**os.environ, **COLD, "COCOON_SHARED_FS": shared_fs}
     subprocess.run(
         [*COCOON, "--root", str(root), "run", "-d", "--bundle", str(bundle), cid],
         stdin=subprocess.DEVNULL,
@@ -192,7 +194,7 @@ def main() -> int:
         breakdowns: list[dict[str, float]] = []
         for i in range(args.runs):  # interleaved, so noise hits all alike
             bare.append(bare_boot(assets.kernel, initrd))
-            total, t = cocoon_run(root, bundle, f"b{i}")
+            total, t = cocoon_run(root, bundle, f"b{i}", COLD)
             ours.append(total)
             breakdowns.append(t)
             runc.append(oci_run("runc", work / "runc", bundle, f"r{i}"))
@@ -203,7 +205,7 @@ def main() -> int:
         )
         pss_vfs = idle_pss(root, work / "idle", "ivfs", "virtiofs", args.settle)
         # The price of hotplug: microvm boots without ACPI hotplug; pc can grow.
-        micro, _ = cocoon_run(root, bundle, "micro", {"COCOON_MACHINE": "microvm"})
+        micro, _ = cocoon_run(root, bundle, "micro", {**COLD, "COCOON_MACHINE": "microvm"})
         grow = make_bundle(work / "grow", ["/bin/true"])
         spec = json.loads((grow / "config.json").read_text())
         spec["linux"]["resources"] = {
@@ -211,7 +213,7 @@ def main() -> int:
             "memory": {"limit": 256 << 20},
         }
         (grow / "config.json").write_text(json.dumps(spec))
-        _, gt = cocoon_run(root, grow, "grow")
+        _, gt = cocoon_run(root, grow, "grow", COLD)
         hotplug = gt.get("resized", float("nan")) - gt.get("sandbox_ready", float("nan"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -229,7 +231,7 @@ def main() -> int:
     a, b, c = med(bare), med(ours), med(runc)
     rows = [
         ("(a) bare QEMU → busybox /init line", f"{a:.2f} s"),
-        ("(b) cocoon run /bin/true (total)", f"{b:.2f} s"),
+        ("(b) cocoon run /bin/true, cold boot (total)", f"{b:.2f} s"),
         ("    QEMU started", f"+{bd['qemu_started']:.2f} s"),
         ("    agent ready", f"+{bd['agent_ready']:.2f} s"),
         ("    sandbox ready (share mounted)", f"+{bd['sandbox_ready']:.2f} s"),

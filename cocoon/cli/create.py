@@ -98,7 +98,8 @@ def _start_sandbox(
     spec = _spec(bundle)
     try:
         service = spawn_service(paths, args.debug)
-        asyncio.run(_create_in_guest(paths, bundle))
+        for warning in asyncio.run(_create_in_guest(paths, bundle)):
+            reporter.warn(warning)
     except BaseException:
         _destroy(paths)
         raise
@@ -126,12 +127,12 @@ def _check_terminal_for(args: argparse.Namespace, detached: bool) -> Any:
     return check
 
 
-async def _create_in_guest(paths: SandboxPaths, bundle: Path) -> None:
+async def _create_in_guest(paths: SandboxPaths, bundle: Path) -> list[str]:
     from cocoon.service.client import ServiceClient
 
     client = await ServiceClient.connect(paths)
     try:
-        await client.create(paths.id, str(bundle))
+        return await client.create(paths.id, str(bundle))
     finally:
         await client.close()
 

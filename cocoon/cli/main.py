@@ -31,6 +31,7 @@ _VERBS = {
     "check": "cocoon.cli.check",
     "env": "cocoon.cli.info",
     "assets": "cocoon.cli.assets",
+    "factory": "cocoon.cli.factory",
     "_service": "cocoon.service.daemon",
 }
 

@@ -44,6 +44,7 @@ VERBS = (
     "spec",
     "check",
     "assets",
+    "factory",
     "_service",
 )
 
@@ -212,6 +213,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         ab = asub.add_parser("build", help="build the guest assets (cached)")
         ab.add_argument("--force", action="store_true", help="rebuild even when cached")
         asub.add_parser("list", help="show built assets")
+
+    if want("factory"):
+        factory = sub.add_parser("factory", help="make, show or remove the VM templates")
+        fsub = factory.add_subparsers(dest="factory_verb", metavar="ACTION", parser_class=_Parser)
+        fsub.add_parser("init", help="make the default sandbox's template now")
+        fsub.add_parser("status", help="list the templates and whether they are usable")
+        fsub.add_parser("destroy", help="remove every template (running clones are unaffected)")
 
     if want("_service"):
         svc = sub.add_parser("_service", help=argparse.SUPPRESS)

@@ -45,6 +45,8 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "COCOON_MEMORY_MIB": ("hypervisor.qemu", "default_memory"),
     "COCOON_SHARED_FS": ("hypervisor.qemu", "shared_fs"),
     "COCOON_AGENT_TIMEOUT": ("agent", "dial_timeout"),
+    "COCOON_ENABLE_TEMPLATE": ("factory", "enable_template"),
+    "COCOON_TEMPLATE_PATH": ("factory", "template_path"),
 }
 _LEGACY_SHARED_FS = {"9p": "virtio-9p", "virtiofs": "virtio-fs"}
 

@@ -191,6 +191,20 @@ class HypervisorConfig:
         ),
     )
     memory_slots: int = field(default=10, metadata=_meta(_int(1), "DIMM slots for memory hotplug."))
+    reclaim_guest_freed_memory: bool = field(
+        default=False,
+        metadata=_meta(
+            BOOL,
+            "Free page reporting: memory the guest frees returns to the host (cold boots only).",
+        ),
+    )
+    tcg_tb_size: int = field(
+        default=0,
+        metadata=_meta(
+            _int(0, " (MiB, 0 = QEMU's default)"),
+            "TCG translation cache per VM (software emulation): memory against re-translation.",
+        ),
+    )
     shared_fs: str = field(
         default="virtio-9p",
         metadata=_meta(
@@ -282,11 +296,18 @@ class FactoryConfig:
     """``[factory]``."""
 
     enable_template: bool = field(
-        default=False, metadata=_meta(BOOL, "Boot VMs from a template VM (needs virtio-9p).")
+        default=True,
+        metadata=_meta(
+            BOOL, "Start VMs as clones of a saved template VM (needs virtio-9p); else cold boot."
+        ),
     )
     template_path: str = field(
         default="",
-        metadata=_meta(OPT_PATH, 'Where the template lives; "" = under the runtime root.'),
+        metadata=_meta(
+            OPT_PATH,
+            'Directory of the templates (root only); "" = /var/lib/cocoon/templates.',
+            annotatable=False,
+        ),
     )
 
 

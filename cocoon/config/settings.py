@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from cocoon.errors import InvalidArgument
 
+DEFAULT_TEMPLATE_DIR = "/var/lib/cocoon/templates"
+
 if TYPE_CHECKING:
     from cocoon.config.schema import Config
     from cocoon.resources.sizing import SandboxSize
@@ -35,11 +37,16 @@ class Settings:
     # cgroup's limit.
     host_overhead_mib: int = 384
     kernel_params: str = ""  # appended to Cocoon's boot parameters
+    tcg_tb_size: int = 0  # MiB of TCG translation cache; 0 = QEMU's default
+    free_page_reporting: bool = False
     # Dynamic sizing: hot-plug up to these as containers come (pc only).
     dynamic: bool = False
     max_vcpus: int = 0
     max_memory_mib: int = 0
     memory_slots: int = 0
+    # VM templates (cocoon.factory): clone instead of booting, where possible.
+    template: bool = False
+    template_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,10 +75,14 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         agent_timeout=config.agent.dial_timeout,
         host_overhead_mib=config.runtime.host_overhead_memory,
         kernel_params=hv.kernel_params,
+        tcg_tb_size=hv.tcg_tb_size,
+        free_page_reporting=hv.reclaim_guest_freed_memory,
         dynamic=not config.runtime.static_sandbox_resource_mgmt and hv.machine_type == "pc",
         max_vcpus=size.max_vcpus,
         max_memory_mib=size.max_memory_mib,
         memory_slots=hv.memory_slots,
+        template=config.factory.enable_template,
+        template_dir=config.factory.template_path or DEFAULT_TEMPLATE_DIR,
     )
 
 

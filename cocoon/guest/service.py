@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ class AgentService:
         if req.time_ns:
             system.set_clock(req.time_ns)
         system.reseed_random(req.seed)
+        # A template's clones all resume the same Python state: reseed ours too.
+        if "random" in sys.modules:
+            sys.modules["random"].seed(os.urandom(32))
         if req.hostname:
             system.sethostname(req.hostname)
         try:

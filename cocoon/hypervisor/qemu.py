@@ -12,6 +12,7 @@ import contextlib
 import enum
 import logging
 import os
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,46 @@ class QemuVM:
             with contextlib.suppress(CocoonError):
                 await self.execute("object-del", {"id": f"hpmem{index}"})
             raise
+
+    # -- templates ---------------------------------------------------------------
+    async def _ignore_shared_ram(self) -> None:
+        """Leave file-backed RAM out of the migration stream: it is the template file."""
+        await self.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+        )
+
+    async def _migration_done(self, what: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.exited.is_set():
+                died = describe_exit(self.exit_code)
+                raise CocoonError(f"{what}: QEMU {died}: {self._tail_log()}")
+            info = await self.execute("query-migrate")
+            status = info.get("status", "")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise CocoonError(f"{what} {status}: {info.get('error-desc', 'no reason given')}")
+            if loop.time() > deadline:
+                raise CocoonError(f"{what} did not complete within {timeout:g}s ({status})")
+            await asyncio.sleep(0.005)
+
+    async def save_state(self, path: Path, timeout: float = 30.0) -> None:
+        """Stop the guest and write its device state (not its RAM) to ``path``."""
+        await self.execute("stop")
+        await self._ignore_shared_ram()
+        await self.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
+        await self._migration_done("saving the VM state", timeout)
+
+    async def restore(self, path: Path, timeout: float = 30.0) -> None:
+        """Load the device state in ``path`` into this ``-incoming defer`` VM and run it."""
+        await self._ignore_shared_ram()
+        await self.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"})
+        await self._migration_done("restoring the VM state", timeout)
+        # The template was stopped before it was saved, so the clone arrives paused.
+        await self.execute("cont")
 
     async def wait(self, timeout: float | None = None) -> int | None:
         with contextlib.suppress(TimeoutError):

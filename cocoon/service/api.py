@@ -53,9 +53,9 @@ class ServiceAPI:
         self.sandbox = sandbox
         self.on_empty = on_empty
 
-    async def Create(self, req: s.CreateRequest) -> s.Empty:
+    async def Create(self, req: s.CreateRequest) -> s.CreateResponse:
         await self.sandbox.create_container(req.container_id, req.bundle, req.stdin)
-        return s.Empty()
+        return s.CreateResponse(self.sandbox.take_warnings())
 
     async def Start(self, req: s.ContainerRef) -> s.Empty:
         await self.sandbox.start_container(req.container_id)

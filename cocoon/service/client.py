@@ -62,8 +62,10 @@ class ServiceClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def create(self, cid: str, bundle: str, stdin: bool = True) -> None:
-        await self.call("Create", s.CreateRequest(cid, bundle, stdin), s.Empty, 300)
+    async def create(self, cid: str, bundle: str, stdin: bool = True) -> list[str]:
+        """Create the container; the warnings are for the user (e.g. a template skipped)."""
+        req = s.CreateRequest(cid, bundle, stdin)
+        return (await self.call("Create", req, s.CreateResponse, 300)).warnings
 
     async def start(self, cid: str) -> None:
         await self.call("Start", s.ContainerRef(cid), s.Empty, 120)

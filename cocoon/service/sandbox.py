@@ -16,7 +16,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from cocoon.errors import (
     NotFound,
     Unavailable,
 )
-from cocoon.hypervisor.cmdline import SHARE_TAG, SharePlan, VMPlan
+from cocoon.hypervisor.cmdline import MEMORY_BLOCK_MIB, SHARE_TAG, SharePlan, VMPlan
+from cocoon.hypervisor.plan import vm_plan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
@@ -48,7 +49,7 @@ from cocoon.wire import agent as w
 
 log = logging.getLogger("cocoon.sandbox")
 IO_DRAIN_TIMEOUT = 5.0
-MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
+CLONE_AGENT_TIMEOUT = 10.0  # a clone's agent answers in ~0.2 s; far later means it is broken
 
 
 class SandboxState(enum.Enum):
@@ -109,6 +110,7 @@ class Sandbox:
         self.memory_mib = settings.memory_mib
         self._dimms = 0
         self._resize_lock = asyncio.Lock()
+        self.warnings: list[str] = []
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -143,35 +145,13 @@ class Sandbox:
             share = SharePlan("virtiofs", socket=self.paths.vfs_sock)
         else:
             share = SharePlan("9p", path=self.share.shared_dir)
-        plan = VMPlan(
-            qemu=self.settings.qemu,
-            kernel=self.assets.kernel,
-            initrd=self.assets.initrd,
-            image=self.assets.image,
-            qmp_socket=self.paths.qmp_sock,
-            agent_socket=self.paths.agent_sock,
-            console_log=self.paths.console_log,
-            accel=self.accel,
-            machine=self.settings.machine,
-            vcpus=self.settings.vcpus,
-            memory_mib=self.settings.memory_mib,
-            share=share,
-            extra_kernel_params=tuple(self.settings.kernel_params.split()),
-            max_vcpus=self.settings.max_vcpus if self.settings.dynamic else 0,
-            max_memory_mib=self.settings.max_memory_mib if self.settings.dynamic else 0,
-            memory_slots=self.settings.memory_slots if self.settings.dynamic else 0,
-        )
-        self.vm = QemuVM(plan, self.paths.qemu_log)
-        await self.vm.start()
-        self._mark("qemu_started")
-        asyncio.get_running_loop().create_task(self._watch_vm())
-        self._persist_pids()
-        try:
-            self.agent = await self._connect_agent()
-        except CocoonError:
-            await self.vm.kill()
-            raise
+        plan = self._vm_plan(share)
+        if not (self.settings.template and await self._start_clone(plan)):
+            await self._start_cold(plan)
+        assert self.agent is not None
         self._mark("agent_ready")
+        if (self.vcpus, self.memory_mib) != (self.settings.vcpus, self.settings.memory_mib):
+            await self.grow_to([])  # cloned from a smaller template: up to our own size
         await self.agent.create_sandbox(
             w.CreateSandboxRequest(
                 sandbox_id=self.paths.id,
@@ -190,12 +170,88 @@ class Sandbox:
         )
         self._mark("sandbox_ready")
         self.state = SandboxState.READY
+        t0 = self.timings["boot_start"]
+        log.info("ready: %s", " ".join(f"{k}=+{v - t0:.3f}s" for k, v in self.timings.items()))
 
-    async def _connect_agent(self) -> AgentClient:
-        assert self.vm is not None
-        connect = asyncio.ensure_future(
-            AgentClient.connect(str(self.paths.agent_sock), self.settings.agent_timeout)
+    def _vm_plan(self, share: SharePlan) -> VMPlan:
+        return vm_plan(
+            self.settings,
+            self.assets,
+            self.accel,
+            qmp_socket=self.paths.qmp_sock,
+            agent_socket=self.paths.agent_sock,
+            console_log=self.paths.console_log,
+            share=share,
         )
+
+    async def _start_cold(self, plan: VMPlan) -> None:
+        for sock in (plan.qmp_socket, plan.agent_socket):  # a failed clone's
+            sock.unlink(missing_ok=True)
+        self.vm = QemuVM(plan, self.paths.qemu_log)
+        await self.vm.start()
+        self._mark("qemu_started")
+        asyncio.get_running_loop().create_task(self._watch_vm())
+        self._persist_pids()
+        try:
+            self.agent = await self._connect_agent(self.settings.agent_timeout)
+        except CocoonError:
+            await self.vm.kill()
+            raise
+
+    async def _start_clone(self, plan: VMPlan) -> bool:
+        """Start as a clone of a template; False (logged, maybe a warning) means cold boot."""
+        from cocoon.factory.choose import choose
+        from cocoon.factory.store import Store
+
+        store = Store(Path(self.settings.template_dir))
+        choice = await choose(store, plan, create=True, boot_timeout=self.settings.agent_timeout)
+        self._mark("template_chosen")
+        if choice.template is None:
+            self._warn(choice.reason) if choice.warning else log.info("%s", choice.reason)
+            return False
+        log.info("%s", choice.reason)
+        tmpl = choice.template
+        clone = replace(
+            plan,
+            vcpus=tmpl.meta.vcpus,
+            memory_mib=tmpl.meta.memory_mib,
+            memory_file=tmpl.memory,
+            memory_shared=False,
+            incoming=True,
+        )
+        self.vm = vm = QemuVM(clone, self.paths.qemu_log)
+        try:
+            await vm.start()
+            self._mark("qemu_started")
+            self._persist_pids()
+            await vm.restore(tmpl.state)
+            self._mark("restored")
+            self.agent = await self._connect_agent(CLONE_AGENT_TIMEOUT)
+        except CocoonError as exc:
+            await vm.kill()
+            self.vm = None
+            self._warn(f"the clone of template {tmpl.meta.key[:12]} failed ({exc}): cold boot")
+            with contextlib.suppress(CocoonError):
+                async with store.locked(self.settings.agent_timeout):
+                    store.remove(tmpl.dir)  # the next start makes a sound one
+                    store.record(f"removed template {tmpl.meta.key[:12]}: a clone failed: {exc}")
+            return False
+        asyncio.get_running_loop().create_task(self._watch_vm())
+        self.vcpus, self.memory_mib = tmpl.meta.vcpus, tmpl.meta.memory_mib
+        return True
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+    def take_warnings(self) -> list[str]:
+        """Warnings for the user not yet reported (each is reported once)."""
+        out, self.warnings = self.warnings, []
+        return out
+
+    async def _connect_agent(self, timeout: float) -> AgentClient:
+        assert self.vm is not None
+        connect = asyncio.ensure_future(AgentClient.connect(str(self.paths.agent_sock), timeout))
         died = asyncio.ensure_future(self.vm.exited.wait())
         done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
         if connect in done:

@@ -27,6 +27,11 @@ class CreateRequest:
 
 
 @dataclass
+class CreateResponse:
+    warnings: list[str] = field(default_factory=list)  # for the user, one line each
+
+
+@dataclass
 class ContainerRef:
     container_id: str
     exec_id: str = ""
@@ -110,7 +115,7 @@ class PsResponse:
 
 
 METHODS: dict[str, tuple[type, type]] = {
-    "Create": (CreateRequest, Empty),
+    "Create": (CreateRequest, CreateResponse),
     "Start": (ContainerRef, Empty),
     "State": (ContainerRef, ContainerStatus),
     "Kill": (KillRequest, Empty),

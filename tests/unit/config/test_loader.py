@@ -63,7 +63,7 @@ def test_defaults_match_the_brief() -> None:
     assert DEFAULTS.agent.dial_timeout == 60.0
     assert DEFAULTS.runtime.static_sandbox_resource_mgmt is False
     assert DEFAULTS.runtime.host_overhead_memory == 384
-    assert DEFAULTS.factory.enable_template is False
+    assert DEFAULTS.factory.enable_template is True  # issue 7: templates by default
 
 
 def test_shipped_file_loads_as_the_defaults() -> None:

@@ -37,7 +37,9 @@ def test_pc_defaults_are_minimal_and_pvh() -> None:
         "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
         "virtio-blk-pci,drive=root",
         "virtio-rng-pci,id=rng0",
+        "vmgenid,id=vmgenid0",
     ]
+    assert "-incoming" not in argv and not any("memory-backend" in a for a in argv)
     assert ("-drive", "file=/a/root.erofs,if=none,id=root,format=raw,readonly=on") in p
     append = dict(p)["-append"]
     assert "tsc_early_khz=2500000" in append and "cocoon.root=/dev/vda" in append
@@ -51,6 +53,43 @@ def test_microvm_uses_mmio_and_modern_virtio() -> None:
     devices = [v for k, v in p if k == "-device"]
     assert "virtio-serial-device,id=vser0" in devices
     assert "virtio-9p-device,fsdev=share,mount_tag=cocoon" in devices
+
+
+def test_microvm_has_no_vmgenid_and_an_arat_cpu() -> None:
+    argv = build_argv(plan(machine="microvm"))
+    assert not any("vmgenid" in a for a in argv)
+    assert ("-cpu", "qemu64,+arat") in pairs(argv)
+
+
+def test_free_page_reporting() -> None:
+    assert "-device" in build_argv(plan(free_page_reporting=True))
+    p = pairs(build_argv(plan(free_page_reporting=True)))
+    assert ("-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on") in p
+    assert not any("balloon" in a for a in build_argv(plan()))
+
+
+def test_tcg_translation_cache_size() -> None:
+    assert ("-accel", "tcg,tb-size=32") in pairs(build_argv(plan(tcg_tb_size=32)))
+    assert ("-accel", "kvm") in pairs(build_argv(plan(tcg_tb_size=32, accel="kvm")))
+
+
+def test_template_ram_is_a_shared_file_and_a_clone_maps_it_private() -> None:
+    share = SharePlan("9p", path=Path("/sb/shared"))
+    tmpl = pairs(build_argv(plan(share=share, memory_file=Path("/t/memory"), memory_shared=True)))
+    assert ("-M", "pc,memory-backend=mem") in tmpl
+    assert (
+        "-object",
+        "memory-backend-file,id=mem,size=256M,mem-path=/t/memory,share=on",
+    ) in tmpl
+    clone_argv = build_argv(plan(share=share, memory_file=Path("/t/memory"), incoming=True))
+    clone = pairs(clone_argv)
+    assert ("-object", "memory-backend-file,id=mem,size=256M,mem-path=/t/memory,share=off") in clone
+    assert clone_argv[-2:] == ["-incoming", "defer"]
+
+
+def test_a_template_cannot_use_virtio_fs() -> None:
+    with pytest.raises(ValueError, match="virtio-fs"):
+        plan(share=SharePlan("virtiofs", socket=Path("/v.sock")), memory_file=Path("/t/m"))
 
 
 def test_9p_share() -> None:
