@@ -187,8 +187,15 @@ class TaskService:
             self._creating.discard(cid)
         io = stdio.ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal)
         init = ShimProcess(cid, "", io, asyncio.get_running_loop().create_future(), started=True)
+        try:
+            stdio.attach(self.sandbox, cid, "", io)
+        except (OSError, CocoonError) as exc:
+            with contextlib.suppress(CocoonError):
+                await self.sandbox.delete_container(cid, force=True)
+            if rootfs is not None:
+                unmount_rootfs(rootfs)
+            raise InvalidArgument(f"cannot open the stdio of {cid!r}: {exc}") from exc
         self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init)
-        stdio.attach(self.sandbox, cid, "", io)
         self._watch_exit(init)
         self.events.publish(
             ev.TaskCreate(
