@@ -11,7 +11,6 @@ its address; for a later container of the pod it prints the pod's shim address.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -174,6 +173,8 @@ def delete(args: argparse.Namespace) -> int:
 
 # -- serve -------------------------------------------------------------------------
 def serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from cocoon.service import persist
     from cocoon.service.host import join_cgroup
     from cocoon.storage.mounts import private_mount_namespace
@@ -242,6 +243,8 @@ def _log_to_containerd(fifo: Path, pod_id: str) -> None:
 
 
 async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, cgroup: Any) -> int:
+    import asyncio
+
     from cocoon.service.host import build_sandbox, teardown
     from cocoon.shim.events import Publisher
     from cocoon.shim.task import TaskService
