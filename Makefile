@@ -36,3 +36,4 @@ bench: setup
 	.venv/bin/python bench/templates.py
 	.venv/bin/python bench/cli.py
 	.venv/bin/python bench/net.py
+	.venv/bin/python bench/shim.py

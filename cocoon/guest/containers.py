@@ -33,6 +33,8 @@ log = logging.getLogger("cocoon.guest")
 
 CRUN = "/usr/bin/crun"
 CRUN_ROOT = "/run/crun"
+# What the containers of a pod share (Kubernetes: network, IPC, UTS), by OCI type → /proc/PID/ns.
+POD_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
 BUNDLES = "/run/cocoon/bundles"
 CGROUP_PARENT = "/cocoon"
 
@@ -155,10 +157,18 @@ class ContainerManager:
         fut.add_done_callback(done)
 
     async def create(
-        self, cid: str, spec: dict[str, Any], rootfs: str, stdin: bool, terminal: bool
+        self,
+        cid: str,
+        spec: dict[str, Any],
+        rootfs: str,
+        stdin: bool,
+        terminal: bool,
+        pod_sandbox: str = "",
     ) -> None:
         if cid in self.containers:
             raise _error(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
+        if pod_sandbox:
+            spec = self._join_pod(spec, pod_sandbox)
         if not os.path.isdir(rootfs):
             raise _error(Code.INVALID_ARGUMENT, f"rootfs {rootfs} is not a directory in the guest")
         bundle = os.path.join(BUNDLES, cid)
@@ -213,6 +223,21 @@ class ContainerManager:
             raise
         self.containers[cid] = ctr
         self._watch_exit(ctr, init)
+
+    def _join_pod(self, spec: dict[str, Any], sandbox_cid: str) -> dict[str, Any]:
+        """The spec with its IPC, UTS and network namespaces those of the pod's sandbox."""
+        sandbox = self.get(sandbox_cid)
+        if sandbox.state == State.STOPPED or not sandbox.init.pid:
+            raise _error(Code.FAILED_PRECONDITION, f"pod sandbox {sandbox_cid!r} is not running")
+        pid = sandbox.init.pid
+        linux = dict(spec.get("linux") or {})
+        namespaces = [
+            ns for ns in linux.get("namespaces") or [] if ns.get("type") not in POD_NAMESPACES
+        ]
+        for kind, name in POD_NAMESPACES.items():
+            namespaces.append({"type": kind, "path": f"/proc/{pid}/ns/{name}"})
+        linux["namespaces"] = namespaces
+        return {**spec, "linux": linux}
 
     async def _spawn_with_console(
         self, proc: Process, args: list[str], cid: str, bundle: str

@@ -49,6 +49,11 @@ class AgentService:
             network.write_name_files(req.hostname, req.dns, self._bind_file)
         except OSError as exc:  # the guest's own name files: not worth failing a sandbox
             log.warning("cannot write /etc/hosts or /etc/resolv.conf: %s", exc)
+        try:
+            # Pod members sharing the VM's namespace (host-network pods) talk over lo.
+            network.loopback_up()
+        except OSError as exc:
+            log.warning("cannot bring lo up: %s", exc)
         for st in req.storages:
             self._mount_storage(st)
         self.sandbox_id = req.sandbox_id
@@ -90,7 +95,7 @@ class AgentService:
     # -- containers ----------------------------------------------------------
     async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
         await self.containers.create(
-            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal
+            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal, req.pod_sandbox
         )
         return w.Empty()
 

@@ -7,6 +7,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from cocoon.errors import CocoonError
 from cocoon.procutil import kill_recorded, wait_gone
@@ -21,14 +22,23 @@ def spawn_service(paths: SandboxPaths, debug: bool = False) -> subprocess.Popen[
 
     Raises CocoonError with the service's own reason if it fails to start.
     """
-    r, w = os.pipe()
     argv = [sys.executable, "-m", "cocoon.cli.main"]
     if debug:
         argv.append("--debug")
-    argv += ["_service", "--sandbox-dir", str(paths.dir), "--ready-fd", str(w)]
-    with open(paths.service_log, "ab") as logf:
+    argv += ["_service", "--sandbox-dir", str(paths.dir), "--ready-fd"]
+    return spawn_ready(argv, paths.service_log)
+
+
+def spawn_ready(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a daemon (``argv`` + the fd it reports on) and wait for its ``ok`` line.
+
+    The daemon gets its own session and logs to ``log_path``. Raises CocoonError
+    with the daemon's own reason if it fails to start.
+    """
+    r, w = os.pipe()
+    with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
-            argv,
+            [*argv, str(w)],
             pass_fds=(w,),
             stdin=subprocess.DEVNULL,
             stdout=logf,

@@ -27,6 +27,7 @@ from cocoon.errors import (
     AlreadyExists,
     CocoonError,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
@@ -345,7 +346,11 @@ class Sandbox:
             raise NotFound(f"process {exec_id or 'init'} of container {cid!r} does not exist")
         return proc
 
-    async def create_container(self, cid: str, bundle_dir: str, stdin: bool) -> None:
+    async def create_container(
+        self, cid: str, bundle_dir: str, stdin: bool, pod_sandbox: str = ""
+    ) -> None:
+        """Create a container in the guest; ``pod_sandbox`` names the container of this
+        sandbox whose IPC, UTS and network namespaces it joins (a pod member)."""
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
@@ -362,6 +367,7 @@ class Sandbox:
                     rootfs=plan.guest_rootfs,
                     stdin=stdin,
                     terminal=bundle.terminal,
+                    pod_sandbox=pod_sandbox,
                 )
             )
         except BaseException:
@@ -417,6 +423,28 @@ class Sandbox:
             raise Unavailable(self.death_reason or "the sandbox is not running")
         proc.relays = Relays(asyncio.get_running_loop(), self.agent, cid, exec_id)
         proc.relays.start(stdin, stdout, stderr)
+
+    def attach_stdin(self, cid: str, exec_id: str, fd: int) -> None:
+        """Add a stdin relay to a process whose outputs are attached (FIFOs open late)."""
+        proc = self._process(cid, exec_id)
+        if proc.relays is None:
+            raise FailedPrecondition(f"stdio of {cid}/{exec_id or 'init'} is not attached")
+        proc.relays.start_stdin(fd)
+
+    async def close_stdin(self, cid: str, exec_id: str) -> None:
+        """End the process's stdin (the caller's writer went away)."""
+        self._process(cid, exec_id)
+        agent = await self.ready()
+        await agent.close_stdin(cid, exec_id)
+
+    def delete_exec(self, cid: str, exec_id: str) -> None:
+        """Forget an exec'd process that has exited; FailedPrecondition while it runs."""
+        proc = self._process(cid, exec_id)
+        if not exec_id:
+            raise InvalidArgument("the init process is deleted with its container")
+        if not proc.exit.done():
+            raise FailedPrecondition(f"exec {exec_id!r} of {cid!r} is still running")
+        del self.get(cid).execs[exec_id]
 
     async def start_container(self, cid: str) -> None:
         ctr = self.get(cid)
@@ -541,6 +569,16 @@ class Sandbox:
             raise FailedPrecondition(f"container {cid!r} is not running")
         agent = await self.ready()
         return await agent.stats(cid)
+
+    async def oom_kills(self, cid: str) -> int:
+        """How many processes the guest's OOM killer killed in the container's cgroup.
+
+        Works after the container's init exited too (until it is deleted), so an
+        OOM that ended the container is still seen. Raises Unavailable, NotFound.
+        """
+        self.get(cid)
+        agent = await self.ready()
+        return (await agent.stats(cid)).memory_events.get("oom_kill", 0)
 
     def exit_status(self, cid: str) -> int:
         init = self.get(cid).init

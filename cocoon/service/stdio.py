@@ -57,6 +57,10 @@ class Relays:
         if stdin is not None:
             self._thread(self._pump_in, stdin)
 
+    def start_stdin(self, fd: int) -> None:
+        """Relay stdin from ``fd`` too, once the caller has it (a FIFO opens late)."""
+        self._thread(self._pump_in, fd)
+
     def _output_finished(self) -> None:
         self._outputs -= 1
         if self._outputs <= 0:

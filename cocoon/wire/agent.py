@@ -56,6 +56,8 @@ class CreateContainerRequest:
     rootfs: str  # guest path of the container's root filesystem
     stdin: bool = False
     terminal: bool = False
+    # A pod member: join this (running) container's IPC, UTS and network namespaces.
+    pod_sandbox: str = ""
 
 
 @dataclass

@@ -238,6 +238,7 @@ class Containerd(Engine):
         self.log = base / "containerd.log"
         self.namespace = namespace
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None
 
     def write_config(self) -> None:
         b = self.base
@@ -269,6 +270,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
 
         def ready() -> bool:
@@ -313,7 +315,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return [Path("/run/containerd/runc") / self.namespace]
 
     def shims(self) -> dict[int, str]:
-        return processes_matching([f"-address {self.address} "])
+        # Raw cmdlines: NUL between arguments.
+        return processes_matching([f"-address\0{self.address}\0"])
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -329,6 +332,66 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         for ns_root in self.runtime_roots(RUNC):
             if ns_root.is_dir() and not state_entries(ns_root):
                 shutil.rmtree(ns_root, ignore_errors=True)
+
+
+class ShimContainerd(Containerd):
+    """containerd that finds ``containerd-shim-cocoon-v2`` (.venv/bin on its PATH), with the
+    CRI plugin on: runtime handler ``cocoon`` = ``io.containerd.cocoon.v2``, the local pause
+    image, and a CNI dir with no network (the tests' pods use the node's network mode)."""
+
+    name = "containerd-shim"
+    RUNTIME = "io.containerd.cocoon.v2"
+    CRI_NAMESPACE = "k8s.io"
+
+    def __init__(self, base: Path, namespace: str) -> None:
+        super().__init__(base, namespace)
+        self.env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+
+    def write_config(self) -> None:
+        b = self.base
+        for d in ("cni/bin", "cni/conf"):
+            (b / d).mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"""version = 2
+root = "{self.root}"
+state = "{self.state}"
+[grpc]
+  address = "{self.address}"
+[ttrpc]
+  address = "{self.address}.ttrpc"
+[debug]
+  level = "debug"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{b}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "localhost/pause:3.6"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{b}/cni/bin"
+  conf_dir = "{b}/cni/conf"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "cocoon"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
+  runtime_type = "{self.RUNTIME}"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+"""
+        )
+
+    def leftovers(self) -> list[str]:
+        own = super().leftovers()
+        cri = check(self.ctr("container", "ls", "-q", namespace=self.CRI_NAMESPACE)).stdout
+        return own + [f"{self.CRI_NAMESPACE}/{c}" for c in cri.split()]
+
+    def force_remove(self, ident: str) -> None:
+        ns, _, cid = ident.rpartition("/")
+        ns = ns or self.namespace
+        self.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=60, namespace=ns)
+        self.ctr("task", "delete", "--force", cid, namespace=ns)
+        self.ctr("container", "rm", cid, timeout=60, namespace=ns)
 
 
 class Podman(Engine):
@@ -671,6 +734,31 @@ def containerd(engines_dir: Path, engine_images: Images) -> Iterator[Containerd]
 
 
 @pytest.fixture(scope="session")
+def shim_containerd(engines_dir: Path, engine_images: Images) -> Iterator[ShimContainerd]:
+    """A private containerd that runs Cocoon's shim v2, for ctr and for the CRI."""
+    from tests.engines.images import build_pause_image
+
+    _require_cocoon_assets()
+    ctrd = ShimContainerd(engines_dir / "shim", f"shimtest-{uuid.uuid4().hex[:8]}")
+    t = time.monotonic()
+    try:
+        ctrd.start()
+        archive = str(engine_images.oci_archive)
+        check(ctrd.ctr("image", "import", "--base-name", "localhost/busybox", archive))
+        k8s = ctrd.CRI_NAMESPACE
+        check(
+            ctrd.ctr("image", "import", "--base-name", "localhost/busybox", archive, namespace=k8s)
+        )
+        pause = build_pause_image(engine_images, engines_dir / "pause")
+        check(ctrd.ctr("image", "import", str(pause), namespace=k8s))
+        START_TIMES["containerd-shim"] = time.monotonic() - t
+        yield ctrd
+    finally:
+        ctrd.stop()
+        safe_rmtree(ctrd.base)
+
+
+@pytest.fixture(scope="session")
 def dockerd(engines_dir: Path, containerd: Containerd, engine_images: Images) -> Iterator[Dockerd]:
     d = Dockerd(engines_dir / "dk", containerd, f"cetest-dk-{uuid.uuid4().hex[:6]}")
     t = time.monotonic()
@@ -719,7 +807,7 @@ def spawn_pty() -> Iterator[Callable[..., PtySession]]:
         s.close()
 
 
-_ENGINE_FIXTURES = ("podman", "containerd", "dockerd")
+_ENGINE_FIXTURES = ("podman", "containerd", "dockerd", "shim_containerd")
 
 
 @pytest.fixture(autouse=True)

@@ -176,3 +176,38 @@ def build_images(dest: Path) -> Images:
     shutil.rmtree(work)
     done.write_text(man_digest + "\n")
     return Images(IMAGE_REF, manifest_digest=man_digest, **images_paths)
+
+
+PAUSE_REF = "localhost/pause:3.6"
+
+
+def build_pause_image(images: Images, dest: Path) -> Path:
+    """The CRI sandbox image: the busybox layer with ``sleep`` as its command, as an OCI
+    archive named ``localhost/pause:3.6`` (containerd's CRI finds it locally, never pulls)."""
+    archive = dest / "pause-oci.tar"
+    if archive.exists():
+        return archive
+    oci = dest / "oci"
+    shutil.copytree(images.oci_layout, oci)
+    blobs = oci / "blobs" / "sha256"
+    index = json.loads((oci / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    config["config"]["Cmd"] = ["/bin/sleep", "2147483647"]
+    cfg_digest, cfg_size = _blob(blobs, _canonical(config))
+    manifest["config"] = {"mediaType": MT_CONFIG, "digest": cfg_digest, "size": cfg_size}
+    man_digest, man_size = _blob(blobs, _canonical(manifest))
+    index["manifests"] = [
+        {
+            "mediaType": MT_MANIFEST,
+            "digest": man_digest,
+            "size": man_size,
+            "annotations": {
+                "org.opencontainers.image.ref.name": "3.6",
+                "io.containerd.image.name": PAUSE_REF,
+            },
+        }
+    ]
+    (oci / "index.json").write_text(json.dumps(index, sort_keys=True))
+    _run(["tar", "--sort=name", "-C", str(oci), "-cf", str(archive), "."])
+    return archive

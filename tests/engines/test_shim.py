@@ -1,0 +1,528 @@
+"""containerd 1.6 driving ``containerd-shim-cocoon-v2`` (runtime ``io.containerd.cocoon.v2``).
+
+Through ctr: one container = a pod of one = one VM. Through the CRI plugin (a small
+gRPC client standing in for the kubelet): a pod of two containers in one VM. Every
+test ends with nothing of Cocoon's left: no shim, QEMU or virtiofsd process, no
+sandbox state dir, no shim socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engines.conftest import (
+    LEAK_WAIT,
+    PtySession,
+    ShimContainerd,
+    check,
+    describe,
+    mounts_under,
+    processes_matching,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+IMG = "localhost/busybox:latest"
+RT = ShimContainerd.RUNTIME
+SHIM_ROOT = Path("/run/cocoon-shim")
+
+
+def qemu_pids(marker: str) -> list[int]:
+    return sorted(
+        pid for pid, cmd in processes_matching([marker]).items() if "qemu-system" in cmd.split()[0]
+    )
+
+
+class Events:
+    """``ctr events`` in the background: (namespace, topic, payload) of each event."""
+
+    def __init__(self, ctrd: ShimContainerd, path: Path) -> None:
+        self.path = path
+        self.out = open(path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ctrd.ctr_argv("events"),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+
+    def events(self) -> list[tuple[str, str, dict[str, object]]]:
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            m = re.match(r"^\S+ \S+ \S+ \S+ (\S+) (/\S+) (\{.*\})$", line)
+            if m:
+                out.append((m.group(1), m.group(2), json.loads(m.group(3))))
+        return out
+
+    def topics_for(self, cid: str) -> list[str]:
+        return [t for _, t, p in self.events() if p.get("container_id") == cid]
+
+    def matching(self, cid: str, topic: str, pid_id: str = "") -> list[dict[str, object]]:
+        return [
+            p
+            for _, t, p in self.events()
+            if t == topic and p.get("container_id") == cid and (not pid_id or p.get("id") == pid_id)
+        ]
+
+    def wait_topic(
+        self, cid: str, topic: str, pid_id: str = "", timeout: float = 60
+    ) -> dict[str, object]:
+        """The first ``topic`` event of container ``cid`` (and process ``pid_id``, if given)."""
+        wait_for(f"{topic} for {cid}", lambda: bool(self.matching(cid, topic, pid_id)), timeout)
+        return self.matching(cid, topic, pid_id)[0]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.out.close()
+
+
+@pytest.fixture
+def events(shim_containerd: ShimContainerd, tmp_path: Path) -> Iterator[Events]:
+    ev = Events(shim_containerd, tmp_path / "events.txt")
+    yield ev
+    ev.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_shim_leaks(shim_containerd: ShimContainerd) -> Iterator[None]:
+    """After each test: no process naming the shim's state, no state dir, no socket left."""
+    markers = [str(SHIM_ROOT) + "/", f"-address\0{shim_containerd.address}\0"]
+
+    def state() -> set[str]:
+        return {str(p) for p in SHIM_ROOT.glob("*/*")} if SHIM_ROOT.exists() else set()
+
+    before_procs = set(processes_matching(markers))
+    before_state = state()
+    yield
+
+    def new() -> tuple[dict[int, str], set[str], list[str]]:
+        procs = {p: c for p, c in processes_matching(markers).items() if p not in before_procs}
+        return procs, state() - before_state, mounts_under(shim_containerd.state)
+
+    try:
+        wait_for("shim processes and state to go", lambda: new() == ({}, set(), []), LEAK_WAIT)
+    except AssertionError:
+        procs, left, mounts = new()
+        pytest.fail(f"leaks after test: processes {procs}, state {sorted(left)}, mounts {mounts}")
+
+
+@pytest.fixture
+def cid() -> str:
+    return f"sh{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- ctr
+
+
+def test_run_rm_output_exit_code(shim_containerd: ShimContainerd, cid: str) -> None:
+    p = shim_containerd.ctr(
+        "run", "--rm", "--runtime", RT, IMG, cid,
+        "sh", "-c", "echo out-$((6*7)); echo err-1 >&2; seq 1 100000; exit 7",
+    )  # fmt: skip
+    assert p.returncode == 7, describe(p)
+    lines = p.stdout.splitlines()
+    assert lines[0] == "out-42", describe(p)
+    # ~600 KiB right before the exit: none of it is lost.
+    assert lines[1:] == [str(i) for i in range(1, 100001)], describe(p)[:2000]
+    assert "err-1" in p.stderr, describe(p)
+    assert cid not in shim_containerd.containers()
+    # The shim's log reaches containerd's (through the bundle's log FIFO).
+    wait_for(
+        "the shim's log in containerd's",
+        lambda: f"pod={cid}" in shim_containerd.log.read_text(errors="replace"),
+        10,
+    )
+
+
+def test_run_stdin_reaches_the_container(shim_containerd: ShimContainerd, cid: str) -> None:
+    p = subprocess.run(
+        shim_containerd.ctr_argv("run", "--rm", "--runtime", RT, IMG, cid, "sh", "-c", "wc -l"),
+        input="a\nb\nc\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "3", describe(p)
+
+
+def test_run_tty(
+    shim_containerd: ShimContainerd, cid: str, spawn_pty: Callable[..., PtySession]
+) -> None:
+    s = spawn_pty(shim_containerd.ctr_argv("run", "-t", "--rm", "--runtime", RT, IMG, cid, "sh"))
+    s.send("stty size; tty; echo tty-$((1+1))\n")
+    s.expect("24 80")  # ctr sent our window size with ResizePty
+    s.expect("/dev/pts/")
+    s.expect("tty-2")
+    s.send("exit 3\n")
+    assert s.wait() == 3, s.output
+
+
+def test_exec_with_a_tty_and_kill_all(
+    shim_containerd: ShimContainerd, cid: str, spawn_pty: Callable[..., PtySession]
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    s = spawn_pty(c.ctr_argv("task", "exec", "-t", "--exec-id", "tty1", cid, "sh"))
+    s.send("stty size; echo in-$((3*3))\n")
+    s.expect("24 80")
+    s.expect("in-9")
+    s.send("exit 4\n")
+    assert s.wait() == 4, s.output
+    check(c.ctr("task", "exec", "-d", "--exec-id", "bg", cid, "sleep", "1000"))
+    check(c.ctr("task", "kill", "--all", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+
+
+def test_detached_exec_ps_metrics_pause_resume_kill_delete(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    pid, status = c.tasks()[cid]
+    assert status == "RUNNING"
+    assert qemu_pids(f"/{c.namespace}/{cid}/") == [pid]  # the task's pid is its VM's QEMU
+
+    p = check(c.ctr("task", "exec", "--exec-id", "x1", cid, "sh", "-c", "echo exec-$((2+3))"))
+    assert p.stdout.strip() == "exec-5", describe(p)
+    p = c.ctr("task", "exec", "--exec-id", "x2", cid, "sh", "-c", "echo e >&2; exit 5")
+    assert p.returncode == 5 and "e" in p.stderr, describe(p)
+
+    p = check(c.ctr("task", "ps", cid))
+    rows = p.stdout.strip().splitlines()
+    assert rows[0].split() == ["PID", "INFO"] and len(rows) >= 2, describe(p)
+
+    p = check(c.ctr("task", "metrics", cid))
+    usage = re.search(r"memory\.usage\s+(\d+)", p.stdout)
+    assert usage and int(usage.group(1)) > 0, describe(p)
+    assert re.search(r"pids\.current\s+[1-9]", p.stdout), describe(p)
+
+    check(c.ctr("task", "pause", cid))
+    assert c.tasks()[cid][1] == "PAUSED"
+    check(c.ctr("task", "resume", cid))
+    assert c.tasks()[cid][1] == "RUNNING"
+
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    exit_event = events.wait_topic(cid, "/tasks/exit", pid_id=cid)
+    assert exit_event.get("exit_status") == 137, exit_event
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+    events.wait_topic(cid, "/tasks/delete")
+    topics = events.topics_for(cid)
+    for topic in (
+        "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
+        "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete",
+    ):  # fmt: skip
+        assert topic in topics, topics
+    assert topics.index("/tasks/create") < topics.index("/tasks/start")
+
+
+def test_task_api_direct_error_codes_update_stats_connect(
+    shim_containerd: ShimContainerd, cid: str
+) -> None:
+    """Talk to the running shim directly, as containerd would: bad requests get gRPC codes;
+    Update reaches the guest cgroup (seen in Stats); Connect names the shim and the VM."""
+    from google.protobuf import any_pb2
+
+    from cocoon.shim.pods import socket_path
+    from cocoon.shim.proto import cgroups2_pb2 as cg
+    from cocoon.shim.proto import shim_pb2 as pb
+    from cocoon.ttrpc.client import Client
+    from cocoon.ttrpc.status import Code, RPCError
+    from cocoon.ttrpc.transport import connect_unix
+
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    sock = socket_path(c.address, c.namespace, cid)
+    bundle = c.state / "io.containerd.runtime.v2.task" / c.namespace / cid
+
+    async def calls() -> dict[str, int]:
+        client = Client(await connect_unix(str(sock)), "shim")
+        codes: dict[str, int] = {}
+
+        async def code_of(name: str, method: str, req: object) -> None:
+            try:
+                await client.call("containerd.task.v2.Task", method, req.SerializeToString())  # type: ignore[attr-defined]
+                codes[name] = 0
+            except RPCError as exc:
+                codes[name] = exc.code
+
+        await code_of("unknown", "State", pb.StateRequest(id="nope"))
+        await code_of("unknown-exec", "Kill", pb.KillRequest(id=cid, exec_id="nope", signal=9))
+        await code_of("create-again", "Create", pb.CreateTaskRequest(id=cid, bundle=str(bundle)))
+        await code_of("start-again", "Start", pb.StartRequest(id=cid))
+        bad = any_pb2.Any(type_url="types.containerd.io/x", value=b"{not json")
+        await code_of("exec-bad-json", "Exec", pb.ExecProcessRequest(id=cid, exec_id="e", spec=bad))
+        await code_of("checkpoint", "Checkpoint", pb.CheckpointTaskRequest(id=cid))
+        await code_of("state-ok", "State", pb.StateRequest(id=cid))
+        # Update reaches the guest cgroup; Stats and Connect answer.
+        limit = any_pb2.Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+            value=json.dumps({"memory": {"limit": 48 << 20}}).encode(),
+        )
+        await code_of("update", "Update", pb.UpdateTaskRequest(id=cid, resources=limit))
+        raw = await client.call(
+            "containerd.task.v2.Task", "Stats", pb.StatsRequest(id=cid).SerializeToString()
+        )
+        stats = pb.StatsResponse.FromString(raw).stats
+        assert stats.type_url == "io.containerd.cgroups.v2.Metrics"
+        assert cg.Metrics.FromString(stats.value).memory.usage_limit == 48 << 20
+        raw = await client.call(
+            "containerd.task.v2.Task", "Connect", pb.ConnectRequest(id=cid).SerializeToString()
+        )
+        connect = pb.ConnectResponse.FromString(raw)
+        assert connect.shim_pid > 0 and connect.task_pid == c.tasks()[cid][0]
+        await client.close()
+        return codes
+
+    codes = asyncio.run(calls())
+    assert codes == {
+        "unknown": Code.NOT_FOUND,
+        "unknown-exec": Code.NOT_FOUND,
+        "create-again": Code.ALREADY_EXISTS,
+        "start-again": Code.FAILED_PRECONDITION,
+        "exec-bad-json": Code.INVALID_ARGUMENT,
+        "checkpoint": Code.UNIMPLEMENTED,
+        "state-ok": 0,
+        "update": 0,
+    }, codes
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+
+
+def test_killed_vm_publishes_exit_and_deletes_cleanly(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    check(c.ctr("task", "exec", "-d", "--exec-id", "bg", cid, "sleep", "1000"))
+    events.wait_topic(cid, "/tasks/exec-started")
+    (qemu,) = qemu_pids(f"/{c.namespace}/{cid}/")
+    os.kill(qemu, signal.SIGKILL)
+    exits = []
+
+    def both_exited() -> bool:
+        exits[:] = events.matching(cid, "/tasks/exit")
+        return len(exits) >= 2
+
+    wait_for("TaskExit for the task and its exec", both_exited, 60)
+    assert {e.get("id") for e in exits} == {cid, "bg"}, exits
+    assert all(e.get("exit_status") not in (None, 0) for e in exits), exits
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+
+
+# --------------------------------------------------------------------------- CRI
+
+
+def _pod_config(name: str, logs: Path) -> object:
+    from tests.engines.cri.client import cri
+
+    node = cri.NamespaceOption(network=cri.NODE)  # pod networking is not this issue's
+    return cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=name, uid=uuid.uuid4().hex, namespace="default"),
+        log_directory=str(logs),
+        linux=cri.LinuxPodSandboxConfig(
+            security_context=cri.LinuxSandboxSecurityContext(namespace_options=node)
+        ),
+    )
+
+
+def _container_config(name: str, command: list[str]) -> object:
+    from tests.engines.cri.client import cri
+
+    node = cri.NamespaceOption(network=cri.NODE)
+    return cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name=name),
+        image=cri.ImageSpec(image=IMG),
+        command=command,
+        log_path=f"{name}.log",
+        linux=cri.LinuxContainerConfig(
+            security_context=cri.LinuxContainerSecurityContext(namespace_options=node)
+        ),
+    )
+
+
+def test_cri_pod_of_two_containers_shares_one_vm(
+    shim_containerd: ShimContainerd, events: Events, tmp_path: Path
+) -> None:
+    from tests.engines.cri.client import CRI, cri
+
+    c = shim_containerd
+    client = CRI(c.address)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pod = _pod_config(f"pod{uuid.uuid4().hex[:6]}", logs)
+    sid = client.call(
+        "RunPodSandbox",
+        cri.RunPodSandboxRequest(config=pod, runtime_handler="cocoon"),
+        cri.RunPodSandboxResponse,
+    ).pod_sandbox_id
+    try:
+        server = _container_config(
+            "server",
+            ["sh", "-c", "mkdir /tmp/w && echo pong > /tmp/w/index.html && "
+             "exec httpd -f -p 127.0.0.1:8080 -h /tmp/w"],
+        )  # fmt: skip
+        client_ctr = _container_config("client", ["sleep", "100000"])
+        ids = []
+        for cfg in (server, client_ctr):
+            ctr_id = client.call(
+                "CreateContainer",
+                cri.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod),
+                cri.CreateContainerResponse,
+            ).container_id
+            client.call(
+                "StartContainer",
+                cri.StartContainerRequest(container_id=ctr_id),
+                cri.StartContainerResponse,
+            )
+            ids.append(ctr_id)
+        server_id, client_id = ids
+
+        # One VM for the pod: one QEMU under the pod's sandbox state, none of its own
+        # for either container.
+        pod_root = SHIM_ROOT / ShimContainerd.CRI_NAMESPACE
+        assert len(qemu_pids(f"{pod_root}/{sid}/")) == 1
+        for x in ids:
+            assert not qemu_pids(f"{pod_root}/{x}/") and not (pod_root / x).exists()
+
+        def exec_sync(ctr_id: str, cmd: list[str]) -> tuple[int, str]:
+            r = client.call(
+                "ExecSync",
+                cri.ExecSyncRequest(container_id=ctr_id, cmd=cmd, timeout=60),
+                cri.ExecSyncResponse,
+            )
+            return r.exit_code, r.stdout.decode() + r.stderr.decode()
+
+        # The containers talk over localhost (the server may still be starting).
+        got: list[tuple[int, str]] = []
+
+        def fetched() -> bool:
+            got[:] = [exec_sync(client_id, ["wget", "-qO-", "http://127.0.0.1:8080/"])]
+            return got[0] == (0, "pong\n")
+
+        try:
+            wait_for("the client to reach the server over localhost", fetched, 60, 1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: last try {got}") from None
+        # ... and share the pod's IPC, UTS and network namespaces.
+        for ns in ("ipc", "uts", "net"):
+            links = {
+                exec_sync(x, ["readlink", f"/proc/self/ns/{ns}"]) for x in (server_id, client_id)
+            }
+            assert len(links) == 1, (ns, links)
+        code, out = exec_sync(client_id, ["sh", "-c", "echo to-stderr >&2; exit 3"])
+        assert (code, out) == (3, "to-stderr\n")
+        for x in (sid, server_id, client_id):
+            events.wait_topic(x, "/tasks/start", pid_id="")
+    finally:
+        client.call(
+            "StopPodSandbox",
+            cri.StopPodSandboxRequest(pod_sandbox_id=sid),
+            cri.StopPodSandboxResponse,
+        )
+        client.call(
+            "RemovePodSandbox",
+            cri.RemovePodSandboxRequest(pod_sandbox_id=sid),
+            cri.RemovePodSandboxResponse,
+        )
+        client.close()
+    for x in (sid, server_id, client_id):
+        events.wait_topic(x, "/tasks/exit")
+    assert not qemu_pids(f"{SHIM_ROOT}/{ShimContainerd.CRI_NAMESPACE}/{sid}/")
+
+
+def test_oom_kill_in_the_guest_publishes_task_oom(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    # dd's 128 MiB buffer cannot fit the container's 32 MiB guest cgroup.
+    p = shim_containerd.ctr(
+        "run", "--rm", "--runtime", RT, "--memory-limit", str(32 << 20), IMG, cid,
+        "dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1",
+    )  # fmt: skip
+    assert p.returncode == 137, describe(p)
+    events.wait_topic(cid, "/tasks/oom")
+    topics = events.topics_for(cid)
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit"), topics
+
+
+def test_killed_shim_is_cleaned_up_by_delete(shim_containerd: ShimContainerd, cid: str) -> None:
+    """containerd runs ``containerd-shim-cocoon-v2 delete`` for a shim that vanished: it must
+    kill the VM the shim left and remove the pod's state."""
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    shims = [
+        pid
+        for pid, cmd in processes_matching([f"{SHIM_ROOT}/{c.namespace}/{cid}\0"]).items()
+        if "cocoon.shim.main" in cmd
+    ]
+    assert len(shims) == 1, shims
+    assert qemu_pids(f"/{c.namespace}/{cid}/")
+    os.kill(shims[0], signal.SIGKILL)
+    # containerd drops the task of a dead shim once `delete` has cleaned up after it.
+    wait_for("containerd to drop the task", lambda: cid not in c.tasks(), 60)
+    wait_for(
+        "the VM and the pod state to go",
+        lambda: not qemu_pids(f"/{c.namespace}/{cid}/")
+        and not (SHIM_ROOT / c.namespace / cid).exists(),
+        30,
+    )
+    check(c.ctr("container", "rm", cid))
+
+
+def test_annotated_pod_through_ctr_and_sandbox_delete_takes_members_down(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    """A pod made of CRI annotations by hand (the member with CRI-O's spelling): one VM;
+    deleting the stopped sandbox container stops the member (TaskExit) too."""
+    c = shim_containerd
+    pod, member = cid, f"{cid}-m"
+    sandbox_ann = [
+        "--annotation", "io.kubernetes.cri.container-type=sandbox",
+        "--annotation", f"io.kubernetes.cri.sandbox-id={pod}",
+    ]  # fmt: skip
+    member_ann = [
+        "--annotation", "io.kubernetes.cri-o.ContainerType=container",
+        "--annotation", f"io.kubernetes.cri-o.SandboxID={pod}",
+    ]  # fmt: skip
+    check(c.ctr("run", "-d", "--runtime", RT, *sandbox_ann, IMG, pod, "sleep", "1000"))
+    check(c.ctr("run", "-d", "--runtime", RT, *member_ann, IMG, member, "sleep", "1000"))
+    tasks = c.tasks()
+    assert tasks[pod][0] == tasks[member][0] and tasks[member][1] == "RUNNING"
+    assert len(qemu_pids(f"/{c.namespace}/{pod}/")) == 1
+    assert not (SHIM_ROOT / c.namespace / member).exists()
+    links = {
+        check(c.ctr("task", "exec", "--exec-id", "l", x, "readlink", "/proc/self/ns/ipc")).stdout
+        for x in (pod, member)
+    }
+    assert len(links) == 1, links
+
+    check(c.ctr("task", "kill", "-s", "SIGKILL", pod))
+    wait_for("the sandbox to stop", lambda: c.tasks()[pod][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", pod))
+    exit_event = events.wait_topic(member, "/tasks/exit", pid_id=member)
+    assert exit_event.get("exit_status") == 137, exit_event
+    wait_for("the member to stop", lambda: c.tasks()[member][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", member))
+    for x in (pod, member):
+        check(c.ctr("container", "rm", x))

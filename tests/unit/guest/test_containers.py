@@ -1,0 +1,36 @@
+"""Pod members join the pod sandbox container's namespaces (plain spec rewriting)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cocoon.guest.containers import Container, ContainerManager, Process, State
+from cocoon.ttrpc.status import RPCError
+
+
+def _manager_with_sandbox(pid: int, state: State) -> ContainerManager:
+    mgr = object.__new__(ContainerManager)
+    init = Process(exec_id="", terminal=False)
+    init.pid = pid
+    sandbox = Container("pod", "/b", init)
+    sandbox.state = state
+    mgr.containers = {"pod": sandbox}
+    return mgr
+
+
+def test_pod_member_joins_the_sandbox_ipc_uts_and_network() -> None:
+    mgr = _manager_with_sandbox(42, State.RUNNING)
+    spec = {"linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]}}
+    out = mgr._join_pod(spec, "pod")["linux"]["namespaces"]
+    assert {"type": "pid"} in out and {"type": "mount"} in out
+    assert {"type": "ipc", "path": "/proc/42/ns/ipc"} in out
+    assert {"type": "uts", "path": "/proc/42/ns/uts"} in out
+    assert {"type": "network", "path": "/proc/42/ns/net"} in out
+    assert spec["linux"]["namespaces"][1] == {"type": "ipc"}  # the input is not changed
+
+
+def test_joining_a_stopped_or_unknown_sandbox_fails() -> None:
+    with pytest.raises(RPCError, match="not running"):
+        _manager_with_sandbox(42, State.STOPPED)._join_pod({}, "pod")
+    with pytest.raises(RPCError, match="not found"):
+        _manager_with_sandbox(42, State.RUNNING)._join_pod({}, "other")
