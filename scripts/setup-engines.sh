@@ -6,7 +6,7 @@
 set -eu
 
 PACKAGES="containerd podman docker.io conmon catatonit fuse-overlayfs slirp4netns uidmap
-iptables skopeo umoci runc crun busybox-static"
+iptables skopeo umoci runc crun busybox-static containernetworking-plugins"
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup-engines: must run as root" >&2
@@ -19,7 +19,8 @@ fi
 # The binaries the tests use, by absolute path (/usr/local/bin/docker may be a newer
 # static client; the tests use Debian's /usr/bin/docker explicitly).
 for b in /usr/bin/containerd /usr/bin/ctr /usr/bin/podman /usr/sbin/dockerd /usr/bin/docker \
-    /usr/bin/conmon /usr/bin/skopeo /usr/bin/umoci /usr/bin/runc /usr/bin/crun /bin/busybox; do
+    /usr/bin/conmon /usr/bin/skopeo /usr/bin/umoci /usr/bin/runc /usr/bin/crun /bin/busybox \
+    /usr/lib/cni/loopback; do
     if [ ! -x "$b" ]; then
         echo "setup-engines: missing $b after install" >&2
         exit 1

@@ -337,20 +337,52 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 class ShimContainerd(Containerd):
     """containerd that finds ``containerd-shim-cocoon-v2`` (.venv/bin on its PATH), with the
     CRI plugin on: runtime handler ``cocoon`` = ``io.containerd.cocoon.v2``, the local pause
-    image, and a CNI dir with no network (the tests' pods use the node's network mode)."""
+    image, and a CNI network that never touches the host's interfaces: each pod's
+    ``eth0`` is a veth whose peer is in a test "node" namespace (``tests/engines/cni``),
+    where the tests reach the pods from."""
 
     name = "containerd-shim"
     RUNTIME = "io.containerd.cocoon.v2"
     CRI_NAMESPACE = "k8s.io"
 
+    POD_PREFIX = "10.99.0"  # pods get .2, .3, ...; the node side is .1
+
     def __init__(self, base: Path, namespace: str) -> None:
         super().__init__(base, namespace)
         self.env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+        self.node = f"cocoon-node-{uuid.uuid4().hex[:6]}"
+
+    def start(self) -> None:
+        check(run(["ip", "netns", "add", self.node]))
+        check(run(["ip", "-n", self.node, "link", "set", "lo", "up"]))
+        super().start()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            run(["ip", "netns", "del", self.node])
 
     def write_config(self) -> None:
         b = self.base
         for d in ("cni/bin", "cni/conf"):
             (b / d).mkdir(parents=True, exist_ok=True)
+        plugin = b / "cni/bin/cocoon-test-veth"
+        shutil.copy2(REPO / "tests/engines/cni/node_veth.py", plugin)
+        os.symlink("/usr/lib/cni/loopback", b / "cni/bin/loopback")  # containerd adds lo
+        net = {
+            "cniVersion": "0.4.0",
+            "name": "cocoon-test",
+            "plugins": [
+                {
+                    "type": "cocoon-test-veth",
+                    "node": self.node,
+                    "prefix": self.POD_PREFIX,
+                    "state_dir": str(b / "cni/state"),
+                }
+            ],
+        }
+        (b / "cni/conf/10-cocoon-test.conflist").write_text(json.dumps(net))
         self.config.write_text(
             f"""version = 2
 root = "{self.root}"

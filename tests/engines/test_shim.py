@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from tests.engines.conftest import (
     describe,
     mounts_under,
     processes_matching,
+    run,
     wait_for,
 )
 
@@ -337,12 +339,14 @@ def test_killed_vm_publishes_exit_and_deletes_cleanly(
 def _pod_config(name: str, logs: Path) -> object:
     from tests.engines.cri.client import cri
 
-    node = cri.NamespaceOption(network=cri.NODE)  # pod networking is not this issue's
+    # A pod network namespace from a loopback-only CNI config: the host's network
+    # (NODE) is refused, and a bridge would touch the host's interfaces.
+    pod = cri.NamespaceOption(network=cri.POD)
     return cri.PodSandboxConfig(
         metadata=cri.PodSandboxMetadata(name=name, uid=uuid.uuid4().hex, namespace="default"),
         log_directory=str(logs),
         linux=cri.LinuxPodSandboxConfig(
-            security_context=cri.LinuxSandboxSecurityContext(namespace_options=node)
+            security_context=cri.LinuxSandboxSecurityContext(namespace_options=pod)
         ),
     )
 
@@ -350,14 +354,14 @@ def _pod_config(name: str, logs: Path) -> object:
 def _container_config(name: str, command: list[str]) -> object:
     from tests.engines.cri.client import cri
 
-    node = cri.NamespaceOption(network=cri.NODE)
+    pod = cri.NamespaceOption(network=cri.POD)
     return cri.ContainerConfig(
         metadata=cri.ContainerMetadata(name=name),
         image=cri.ImageSpec(image=IMG),
         command=command,
         log_path=f"{name}.log",
         linux=cri.LinuxContainerConfig(
-            security_context=cri.LinuxContainerSecurityContext(namespace_options=node)
+            security_context=cri.LinuxContainerSecurityContext(namespace_options=pod)
         ),
     )
 
@@ -381,7 +385,7 @@ def test_cri_pod_of_two_containers_shares_one_vm(
         server = _container_config(
             "server",
             ["sh", "-c", "mkdir /tmp/w && echo pong > /tmp/w/index.html && "
-             "exec httpd -f -p 127.0.0.1:8080 -h /tmp/w"],
+             "exec httpd -f -p 8080 -h /tmp/w"],
         )  # fmt: skip
         client_ctr = _container_config("client", ["sleep", "100000"])
         ids = []
@@ -425,6 +429,20 @@ def test_cri_pod_of_two_containers_shares_one_vm(
             wait_for("the client to reach the server over localhost", fetched, 60, 1)
         except AssertionError as exc:
             raise AssertionError(f"{exc}: last try {got}") from None
+        # The pod network (CNI: a veth to the test node namespace) is in the VM: the
+        # guest owns the pod IP and the node reaches the server through it.
+        code, out = exec_sync(server_id, ["ip", "-4", "-o", "addr", "show", "eth0"])
+        match = re.search(rf"inet ({re.escape(c.POD_PREFIX)}\.\d+)/24", out)
+        assert code == 0 and match, out
+        fetch = (
+            "import sys, urllib.request as u; "
+            "print(u.urlopen(sys.argv[1], timeout=20).read().decode(), end='')"
+        )
+        from_node = run(
+            ["nsenter", f"--net=/run/netns/{c.node}", sys.executable, "-c", fetch,
+             f"http://{match.group(1)}:8080/"]
+        )  # fmt: skip
+        assert from_node.stdout == "pong\n", describe(from_node)
         # ... and share the pod's IPC, UTS and network namespaces.
         for ns in ("ipc", "uts", "net"):
             links = {
