@@ -265,16 +265,21 @@ def main() -> int:
         ("ratio (b)/(a): cocoon run vs bare boot", f"{b / a:.2f}"),
         ("ratio (b)/(c): cocoon run vs runc", f"{b / c:.0f}x"),
     ]
+    report(rows, args.runs, "boot", not args.no_write)
+    return 0
+
+
+def report(rows: list[tuple[str, str]], runs: int, block: str, write: bool) -> None:
+    """Print the (measure, value) rows; with ``write``, also into docs/performance.md."""
     width = max(len(r[0]) for r in rows)
-    print(f"medians of {args.runs} interleaved runs")
+    print(f"medians of {runs} interleaved runs")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    if not args.no_write:
+    if write:
         table = "\n".join(
             ["| measure | value |", "|---|---|", *(f"| {n.strip()} | {v} |" for n, v in rows)]
         )
-        write_block("boot", table, args.runs)
-    return 0
+        write_block(block, table, runs)
 
 
 def write_block(name: str, table: str, runs: int) -> None:

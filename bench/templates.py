@@ -32,7 +32,7 @@ from bench.run import (  # noqa: E402
     cocoon_run,
     med,
     pss_kib,
-    write_block,
+    report,
 )
 from cocoon.assets import locate  # noqa: E402
 from cocoon.config.paths import assets_dir  # noqa: E402
@@ -141,15 +141,7 @@ def main() -> int:
         ("ratio (b)/(c): templated vs cold run", f"{b / c:.2f}"),
         ("ratio (d) templated / cold", f"{pss_t / pss_c:.2f}"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"medians of {args.runs} interleaved runs")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    if not args.no_write:
-        table = "\n".join(
-            ["| measure | value |", "|---|---|", *(f"| {n.strip()} | {v} |" for n, v in rows)]
-        )
-        write_block("templates", table, args.runs)
+    report(rows, args.runs, "templates", not args.no_write)
     return 0
 
 

@@ -11,20 +11,18 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocoon.cli.output import Reporter
 from cocoon.service import persist
-from cocoon.service.host import build_sandbox, join_cgroup, teardown
+from cocoon.service.host import build_sandbox, join_cgroup, serve_until, stop_event, teardown
 from cocoon.storage.mounts import private_mount_namespace
 
 if TYPE_CHECKING:
     from cocoon.service.hostcg import HostCgroup
 
 log = logging.getLogger("cocoon.service")
-IDLE_TIMEOUT = 300.0
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -69,10 +67,7 @@ async def _main(
     from cocoon.ttrpc.server import Server
 
     sandbox = build_sandbox(paths, state, cgroup)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, done.set)
+    done = stop_event()
     server = Server()
     ServiceAPI(sandbox, done.set).register(server)
     rpc = await server.listen_unix(str(paths.service_sock))
@@ -81,16 +76,7 @@ async def _main(
     assert hasattr(ready, "write") and hasattr(ready, "close")
     ready.write("ok\n")
     ready.close()
-
-    async def idle_guard() -> None:
-        await asyncio.sleep(IDLE_TIMEOUT)
-        if not sandbox.containers:
-            log.warning("no container after %.0fs: shutting down", IDLE_TIMEOUT)
-            done.set()
-
-    guard = loop.create_task(idle_guard())
-    await done.wait()
-    guard.cancel()
+    await serve_until(done, lambda: not sandbox.containers)
     await sandbox.shutdown()
     rpc.close()
     fds.close()

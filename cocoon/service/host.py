@@ -9,9 +9,12 @@ of the cgroup, unmount the share, remove the state dir.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +28,30 @@ if TYPE_CHECKING:
     from cocoon.service.sandbox import Sandbox
 
 log = logging.getLogger("cocoon.service")
+IDLE_TIMEOUT = 300.0  # a host that never gets a container goes away
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM, SIGINT or SIGHUP (and by a Shutdown call)."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, done.set)
+    return done
+
+
+async def serve_until(done: asyncio.Event, empty: Callable[[], bool]) -> None:
+    """Wait for ``done``; set it when still ``empty`` (no container) after IDLE_TIMEOUT."""
+
+    async def idle_guard() -> None:
+        await asyncio.sleep(IDLE_TIMEOUT)
+        if empty():
+            log.warning("no container after %.0fs: shutting down", IDLE_TIMEOUT)
+            done.set()
+
+    guard = asyncio.get_running_loop().create_task(idle_guard())
+    await done.wait()
+    guard.cancel()
 
 
 def join_cgroup(state: persist.SandboxState) -> HostCgroup:

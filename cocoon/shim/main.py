@@ -27,7 +27,6 @@ from cocoon.errors import CocoonError, FailedPrecondition
 from cocoon.shim.pods import PodRole, pod_role, socket_path, state_root
 
 log = logging.getLogger("cocoon.shim")
-IDLE_TIMEOUT = 300.0  # a shim that never gets a container goes away
 DEAD_SHIM_STATUS = 128 + signal.SIGKILL
 
 
@@ -245,16 +244,13 @@ def _log_to_containerd(fifo: Path, pod_id: str) -> None:
 async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, cgroup: Any) -> int:
     import asyncio
 
-    from cocoon.service.host import build_sandbox, teardown
+    from cocoon.service.host import build_sandbox, serve_until, stop_event, teardown
     from cocoon.shim.events import Publisher
     from cocoon.shim.task import TaskService
     from cocoon.ttrpc.server import Server
 
     sandbox = build_sandbox(paths, state, cgroup)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, done.set)
+    done = stop_event()
     publisher = Publisher(
         args.namespace, os.environ.get("TTRPC_ADDRESS", ""), args.publish_binary, args.address
     )
@@ -265,16 +261,7 @@ async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, c
     sandbox.start_boot()  # the VM boots while containerd prepares the Create
     ready.write("ok\n")
     ready.close()
-
-    async def idle_guard() -> None:
-        await asyncio.sleep(IDLE_TIMEOUT)
-        if not tasks.containers:
-            log.warning("no container after %.0fs: shutting down", IDLE_TIMEOUT)
-            done.set()
-
-    guard = loop.create_task(idle_guard())
-    await done.wait()
-    guard.cancel()
+    await serve_until(done, lambda: not tasks.containers)
     await asyncio.sleep(0.05)  # let the Shutdown reply reach containerd
     await sandbox.shutdown()
     await publisher.close()
