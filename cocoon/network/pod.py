@@ -111,7 +111,10 @@ class PodNetwork:
                 await vm.hotplug_nic(nic.netdev_id, nic.device_id, fd, nic.mac)
         self._close_fds()  # QEMU holds the taps now
         t1 = loop.time()
-        await agent.update_network(self.plan.guest)
+        if not self.plan.empty:
+            # No NIC, nothing to configure: that saves a round trip (~0.15 s under
+            # TCG); lo comes up in CreateSandbox either way.
+            await agent.update_network(self.plan.guest)
         self.state = NetState.ATTACHED
         if self.plan.nics:
             log.info("NICs plugged in %.3fs, guest configured in %.3fs", t1 - t0, loop.time() - t1)
