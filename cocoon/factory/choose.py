@@ -48,7 +48,6 @@ async def choose(store: Store, plan: VMPlan, *, create: bool, boot_timeout: floa
     try:
         exact = store.find(key)
     except CocoonError as exc:
-        exact = None
         await _discard(store, store.dir_for(key), boot_timeout, str(exc))
         return Choice(None, f"cold boot: {exc}", warning=True)
     if exact is not None:

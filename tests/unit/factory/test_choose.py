@@ -80,3 +80,12 @@ def test_missing_assets_leave_the_error_to_the_cold_boot(plan: VMPlan, tmp_path:
     plan.kernel.unlink()
     got = pick(Store(tmp_path / "t"), plan)
     assert got.template is None and str(plan.kernel) in got.reason
+
+
+def test_unreadable_metadata_means_cold_boot_with_a_warning(plan: VMPlan, tmp_path: Path) -> None:
+    store = Store(tmp_path / "t")
+    tmpl = fake_template(store, plan)
+    (tmpl.dir / "meta.json").write_text("{broken")
+    got = pick(store, plan)
+    assert got.template is None and got.warning and "unreadable metadata" in got.reason
+    assert store.all() == []
