@@ -177,6 +177,21 @@ def state_entries(root: Path) -> set[str]:
         return set()
 
 
+def spawn_daemon(
+    argv: list[str], log: Path, env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session, its output into ``log``; stop it with stop_daemon."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+
+
 def stop_daemon(proc: subprocess.Popen[bytes], name: str) -> None:
     """SIGTERM the recorded PID, wait, SIGKILL if it does not go."""
     if proc.poll() is not None:
@@ -263,15 +278,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     def start(self) -> None:
         self.base.mkdir(parents=True)
         self.write_config()
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [CONTAINERD, "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=self.env,
-            )
+        self.proc = spawn_daemon([CONTAINERD, "--config", str(self.config)], self.log, self.env)
 
         def ready() -> bool:
             assert self.proc is not None
@@ -548,15 +555,7 @@ class Dockerd(Engine):
             },
         }
         self.config.write_text(json.dumps(cfg, indent=2))
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [DOCKERD, "--config-file", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=self.env,
-            )
+        self.proc = spawn_daemon([DOCKERD, "--config-file", str(self.config)], self.log, self.env)
 
         def ready() -> bool:
             assert self.proc is not None
