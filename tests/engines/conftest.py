@@ -177,9 +177,7 @@ def state_entries(root: Path) -> set[str]:
         return set()
 
 
-def spawn_daemon(
-    argv: list[str], log: Path, env: dict[str, str] | None
-) -> subprocess.Popen[bytes]:
+def spawn_daemon(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
     """Start a daemon in its own session, its output into ``log``; stop it with stop_daemon."""
     with open(log, "wb") as out:
         return subprocess.Popen(
