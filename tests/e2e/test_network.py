@@ -258,21 +258,26 @@ def test_microvm_gets_its_nic_on_the_command_line(env: Env, pod: Pod) -> None:
     assert pod.traces() == before
 
 
-def test_killed_service_leaves_no_dangling_redirect(env: Env, pod: Pod) -> None:
-    """SIGKILL the sandbox service: QEMU and the tap die with it; delete removes the rest."""
-    before = pod.traces()
-    bundle = env.bundle(["/bin/sleep", "600"])
-    write_spec(bundle, [{"type": "network", "path": pod.path}])
+def create_detached(env: Env, bundle: Path, cid: str) -> None:
+    """``cocoon create`` with its output in a file: the stub keeps the stdio it is given."""
     log = env.work / "create.log"
     with open(log, "wb") as fh:
         rc = subprocess.run(
-            env.argv("create", "--bundle", str(bundle), "k1"),
+            env.argv("create", "--bundle", str(bundle), cid),
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=fh,
             timeout=180,
         ).returncode
     assert rc == 0, log.read_text()
+
+
+def test_killed_service_leaves_no_dangling_redirect(env: Env, pod: Pod) -> None:
+    """SIGKILL the sandbox service: QEMU and the tap die with it; delete removes the rest."""
+    before = pod.traces()
+    bundle = env.bundle(["/bin/sleep", "600"])
+    write_spec(bundle, [{"type": "network", "path": pod.path}])
+    create_detached(env, bundle, "k1")
     state = json.loads((env.root / "k1" / "state.json").read_text())
     os.kill(state["service_pid"], signal.SIGKILL)
     deadline = time.monotonic() + 20
@@ -297,25 +302,22 @@ run(*enter, "ip", "route", "add", "default", "via", gw)
 """
 
 
-def test_network_a_hook_configures_after_boot(env: Env, pod: Pod) -> None:
-    """docker's way: a new namespace (the stub's) that a createRuntime hook fills."""
+def hooked_bundle(env: Env, pod: Pod, args: list[str]) -> Path:
+    """A new network namespace that a createRuntime hook fills with the pod's eth0."""
     hook = {"path": sys.executable, "args": ["python3", "-c", HOOK, pod.pod, POD_IP, PEER_IP]}
-    bundle = env.bundle(["/bin/sleep", "600"])
+    bundle = env.bundle(args)
     write_spec(bundle, [{"type": "network"}])
     cfg = bundle / "config.json"
     spec = json.loads(cfg.read_text())
     spec["hooks"] = {"createRuntime": [hook]}
     cfg.write_text(json.dumps(spec))
-    log = env.work / "create.log"
-    with open(log, "wb") as fh:
-        rc = subprocess.run(
-            env.argv("create", "--bundle", str(bundle), "hk1"),
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=fh,
-            timeout=180,
-        ).returncode
-    assert rc == 0, log.read_text()
+    return bundle
+
+
+def test_network_a_hook_configures_after_boot(env: Env, pod: Pod) -> None:
+    """docker's way: a new namespace (the stub's) that a createRuntime hook fills."""
+    bundle = hooked_bundle(env, pod, ["/bin/sleep", "600"])
+    create_detached(env, bundle, "hk1")
     assert env.run("start", "hk1").returncode == 0
     r = env.run("exec", "hk1", "ip", "addr", "show", "eth0")
     out = r.stdout.decode()
@@ -327,13 +329,7 @@ def test_network_a_hook_configures_after_boot(env: Env, pod: Pod) -> None:
 
 def test_foreground_run_hooks_never_see_the_host_namespace(env: Env, pod: Pod) -> None:
     """`cocoon run` is its own stub: the hook gets the CLI's PID, in a new namespace."""
-    hook = {"path": sys.executable, "args": ["python3", "-c", HOOK, pod.pod, POD_IP, PEER_IP]}
-    bundle = env.bundle(["/bin/sh", "-c", "ip addr show eth0"])
-    write_spec(bundle, [{"type": "network"}])
-    cfg = bundle / "config.json"
-    spec = json.loads(cfg.read_text())
-    spec["hooks"] = {"createRuntime": [hook]}
-    cfg.write_text(json.dumps(spec))
+    bundle = hooked_bundle(env, pod, ["/bin/sh", "-c", "ip addr show eth0"])
     host_before = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
     r = env.run("run", "--bundle", str(bundle), "fg1")
     out = r.stdout.decode()
