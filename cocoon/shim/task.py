@@ -53,6 +53,7 @@ SERVICE = "containerd.task.v2.Task"
 VERSION = "cocoon-shim 0.1.0"
 OOM_POLL_INTERVAL = 2.0
 DEAD_VM_STATUS = 255  # a process whose VM died exits with this
+EXEC_FAILED_STATUS = 126  # an exec whose start failed ("cannot execute", as shells say)
 _STATUS = {
     "created": tt.CREATED,
     "running": tt.RUNNING,
@@ -145,6 +146,24 @@ class TaskService:
 
         asyncio.get_running_loop().create_task(watch())
 
+    def _end_unstarted(self, proc: ShimProcess) -> None:
+        """End an exec whose start failed: Wait returns, TaskExit goes out, and the
+        readers of its output FIFOs see EOF (no output will ever come)."""
+        if proc.exited.done():
+            return
+        stdio.release_outputs(proc.io)
+        at = time.time_ns()
+        proc.exited.set_result((EXEC_FAILED_STATUS, at))
+        self.events.publish(
+            ev.TaskExit(
+                container_id=proc.cid,
+                id=proc.exec_id,
+                pid=self.pid,
+                exit_status=EXEC_FAILED_STATUS,
+                exited_at=timestamp(at),
+            )
+        )
+
     def _exit_of(self, proc: ShimProcess) -> tuple[int, int]:
         if proc.exited.done():
             return proc.exited.result()
@@ -224,7 +243,10 @@ class TaskService:
         try:
             await self.sandbox.exec(req.id, req.exec_id, proc.spec, bool(proc.io.stdin))
         except BaseException:
-            proc.started = False
+            # The exec ends here (as runc's shim ends one whose runc exec failed):
+            # its waiters return and its exit is published, so containerd's cleanup
+            # (Kill answers NotFound, then Wait, then Delete) does not wait it out.
+            self._end_unstarted(proc)
             raise
         stdio.attach(self.sandbox, req.id, req.exec_id, proc.io)
         self._watch_exit(proc)

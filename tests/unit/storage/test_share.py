@@ -34,7 +34,7 @@ def test_bind_mounts_are_shared_and_rewritten(tmp_path: Path) -> None:
     plan = plan_container("c1", spec, tmp_path, readonly=False)
     bind = plan.binds[1]
     assert bind.source == hosts and bind.readonly and not bind.is_dir
-    assert plan.guest_spec["mounts"][0]["source"] == f"{GUEST_SHARE}/c1/m0"
+    assert plan.guest_spec["mounts"][0]["source"] == f"{GUEST_SHARE}/c1/0/hosts"
     assert spec["mounts"][0]["source"] == str(hosts)  # the caller's spec is untouched
 
 
@@ -51,15 +51,34 @@ def test_bad_bind_sources(tmp_path: Path) -> None:
         plan_container("c", spec, tmp_path, False)
 
 
-def test_host_namespace_paths_never_reach_the_guest(tmp_path: Path) -> None:
+def test_host_namespace_paths_are_refused_pod_ones_joined(tmp_path: Path) -> None:
     spec = default_spec(["sh"])
     spec["linux"]["namespaces"] = [
-        {"type": "pid"},
+        {"type": "pid", "path": "/proc/7/ns/pid"},
         {"type": "network", "path": "/var/run/netns/x"},
-        {"type": "ipc", "path": "/proc/1/ns/ipc"},
+        {"type": "ipc", "path": "/proc/7/ns/ipc"},
     ]
-    ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
-    assert ns == [{"type": "pid"}, {"type": "ipc"}]
+    kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}
+    with pytest.raises(InvalidArgument, match="not supported yet"):
+        plan_container("c", spec, tmp_path, False, nstype=kinds.get)
+    plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds.get)
+    assert plan.guest_spec["linux"]["namespaces"] == []
+    assert plan.pod_namespaces == ["pid", "ipc"]
+
+
+def test_share_names_end_with_the_sources_name(tmp_path: Path) -> None:
+    """The guest's mountinfo shows the share path: its last component is the source's."""
+    vol = tmp_path / "my-volume"
+    vol.mkdir()
+    spec = default_spec(["sh"])
+    spec["mounts"] = [
+        {"destination": "/a", "type": "bind", "source": str(vol)},
+        {"destination": "/b", "type": "bind", "source": str(vol) + "/"},
+        {"destination": "/c", "type": "bind", "source": "/"},
+        {"destination": "/d", "type": "bind", "source": str(vol) + "/.."},
+    ]
+    targets = [b.target for b in plan_container("c", spec, tmp_path, False).binds[1:]]
+    assert targets == ["c/0/my-volume", "c/1/my-volume", "c/2/bind", "c/3/bind"]
 
 
 def test_containers_share_the_guest_network(tmp_path: Path) -> None:
