@@ -40,7 +40,6 @@ OCI_TYPES = frozenset(CLONE_TYPES.values())
 POD_JOINABLE = ("ipc", "uts", "pid")
 _PROC_NS = re.compile(r"/proc/(\d+)/ns/[a-z_]+")
 
-MISSING = None  # what a type probe answers for a path that does not exist
 NOT_A_NAMESPACE = ""
 
 
@@ -50,16 +49,11 @@ class NamespacePlan:
     pod_joins: list[str]  # OCI types joined from the pod's sandbox container in the guest
 
 
-def host_nstype(path: str) -> str | None:
-    """The OCI type of the namespace file at ``path``; None if it does not exist,
-    "" if it is not a namespace (or cannot be opened as one)."""
-    try:
-        # O_NONBLOCK: a FIFO named here must not hang the create.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return MISSING
-    except OSError:
-        return NOT_A_NAMESPACE
+def host_nstype(path: str) -> str:
+    """The OCI type of the namespace file at ``path`` ("" if it is not a namespace);
+    raises OSError when it cannot be opened."""
+    # O_NONBLOCK: a FIFO named here must not hang the create.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         return CLONE_TYPES.get(fcntl.ioctl(fd, NS_GET_NSTYPE), NOT_A_NAMESPACE)
     except OSError:
@@ -75,7 +69,7 @@ def _article(word: str) -> str:
 def plan_namespaces(
     entries: list[dict[str, Any]],
     pod_pids: frozenset[int] = frozenset(),
-    nstype: Callable[[str], str | None] = host_nstype,
+    nstype: Callable[[str], str] = host_nstype,
 ) -> NamespacePlan:
     """Plan ``entries`` for the guest; ``pod_pids`` are the host PIDs that stand for
     this pod's containers (empty outside a pod). Raises InvalidArgument, one line."""
@@ -94,9 +88,12 @@ def plan_namespaces(
             continue
         if not isinstance(path, str):
             raise InvalidArgument(f"{where}: path must be a string")
-        found = nstype(path)
-        if found is MISSING:
-            raise InvalidArgument(f"{where}: {path} does not exist")
+        try:
+            found = nstype(path)
+        except FileNotFoundError:
+            raise InvalidArgument(f"{where}: {path} does not exist") from None
+        except OSError as exc:
+            raise InvalidArgument(f"{where}: cannot open {path}: {exc.strerror}") from None
         if not found:
             raise InvalidArgument(f"{where}: {path} is not a namespace")
         if found != kind:

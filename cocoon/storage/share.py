@@ -61,7 +61,7 @@ def plan_container(
     rootfs: Path,
     readonly: bool,
     pod_pids: frozenset[int] = frozenset(),
-    nstype: Callable[[str], str | None] = host_nstype,
+    nstype: Callable[[str], str] = host_nstype,
 ) -> ContainerShare:
     """Binds for the container and its spec with guest paths; raises InvalidArgument.
 

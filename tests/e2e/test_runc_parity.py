@@ -7,6 +7,7 @@ and checks what runc does on the same host.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -48,8 +49,8 @@ def _one_error_line(r: subprocess.CompletedProcess[bytes], needle: str) -> None:
 @pytest.mark.parametrize(
     ("entry", "needle"),
     [
-        ({"type": "uts", "path": "/proc/1/ns/ipc"}, "is an ipc namespace, not uts"),
-        ({"type": "pid", "path": "/proc/1/ns/mnt"}, "is a mount namespace, not pid"),
+        ({"type": "uts", "path": "/proc/self/ns/ipc"}, "is an ipc namespace, not uts"),
+        ({"type": "pid", "path": "/proc/self/ns/mnt"}, "is a mount namespace, not pid"),
         ({"type": "ipc", "path": "/etc/hostname"}, "is not a namespace"),
         ({"type": "mount", "path": "/nonexistent/ns"}, "does not exist"),
     ],
@@ -64,9 +65,11 @@ def test_namespace_path_of_another_type_is_an_error(
 
 @pytest.mark.parametrize("kind", ["ipc", "uts", "pid", "mnt", "cgroup"])
 def test_joining_another_containers_namespace_is_refused_in_one_line(env: Env, kind: str) -> None:
-    """podman pods pass ``/proc/<infra pid>/ns/<kind>``: not a namespace the VM can join."""
+    """podman pods pass ``/proc/<infra pid>/ns/<kind>``: not a namespace the VM can join
+    (here: this test's own, a host process's)."""
     oci = {"mnt": "mount"}.get(kind, kind)
-    bundle = _with_namespace(env.bundle(["true"]), {"type": oci, "path": f"/proc/1/ns/{kind}"})
+    path = f"/proc/{os.getpid()}/ns/{kind}"
+    bundle = _with_namespace(env.bundle(["true"]), {"type": oci, "path": path})
     _one_error_line(
         env.run("run", "--bundle", str(bundle), "joins"),
         "joining another container's namespaces is not supported yet",

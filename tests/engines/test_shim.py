@@ -742,8 +742,8 @@ def test_pod_container_with_its_own_pid_namespace(cri_pod: Callable[..., Pod]) -
 @pytest.mark.parametrize(
     ("ns", "needle"),
     [
-        ("ipc:/proc/1/ns/ipc", "not supported yet"),
-        ("uts:/proc/1/ns/ipc", "is an ipc namespace, not uts"),
+        ("ipc:/proc/self/ns/ipc", "not supported yet"),
+        ("uts:/proc/self/ns/ipc", "is an ipc namespace, not uts"),
     ],
     ids=["host-namespace", "wrong-type"],
 )

@@ -23,8 +23,12 @@ FILES = {
 }
 
 
-def probe(path: str) -> str | None:
-    return FILES.get(path)
+def probe(path: str) -> str:
+    if path == "/proc/1/ns/uts":
+        raise PermissionError(13, "Permission denied")
+    if path not in FILES:
+        raise FileNotFoundError(2, "No such file or directory")
+    return FILES[path]
 
 
 POD = frozenset({QEMU})
@@ -52,6 +56,7 @@ CASES: list[tuple[str, list[dict[str, str]], frozenset[int], Any]] = [
     ("host ipc", [ns("ipc", "/proc/1/ns/ipc")], HOST, NOT_YET),
     ("host pid in a pod", [ns("pid", "/proc/1/ns/pid")], POD, NOT_YET + " \\(a pod's"),
     ("pod mount namespace", [pod("mount", "mnt")], POD, "cannot join"),
+    ("unreadable", [ns("uts", "/proc/1/ns/uts")], HOST, "cannot open /proc/1/ns/uts: Permission"),
     ("unknown type", [ns("bogus")], HOST, "unknown type 'bogus'"),
     ("index in the error", [ns("pid"), ns("ipc", "/nope")], HOST, r"linux.namespaces\[1\] \(ipc\)"),
 ]
@@ -78,7 +83,8 @@ def test_host_nstype_reads_the_kernels_answer(tmp_path: Any) -> None:
         ("net", "network"),
     ):
         assert host_nstype(f"/proc/self/ns/{name}") == kind
-    assert host_nstype(str(tmp_path / "missing")) is None
+    with pytest.raises(FileNotFoundError):
+        host_nstype(str(tmp_path / "missing"))
     (tmp_path / "file").write_text("x")
     assert host_nstype(str(tmp_path / "file")) == ""
     os.mkfifo(tmp_path / "fifo")

@@ -58,10 +58,10 @@ def test_host_namespace_paths_are_refused_pod_ones_joined(tmp_path: Path) -> Non
         {"type": "network", "path": "/var/run/netns/x"},
         {"type": "ipc", "path": "/proc/7/ns/ipc"},
     ]
-    kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}
+    kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}.__getitem__
     with pytest.raises(InvalidArgument, match="not supported yet"):
-        plan_container("c", spec, tmp_path, False, nstype=kinds.get)
-    plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds.get)
+        plan_container("c", spec, tmp_path, False, nstype=kinds)
+    plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds)
     assert plan.guest_spec["linux"]["namespaces"] == []
     assert plan.pod_namespaces == ["pid", "ipc"]
 
