@@ -37,7 +37,7 @@ from cocoon.errors import (
 )
 from cocoon.service.api import to_rpc_error
 from cocoon.service.sandbox import Sandbox, SandboxState
-from cocoon.shim import stdio
+from cocoon.shim import hooks, stdio
 from cocoon.shim.events import Publisher, timestamp
 from cocoon.shim.metrics import pack_metrics
 from cocoon.shim.pods import pod_role
@@ -82,6 +82,7 @@ class ShimContainer:
     init: ShimProcess
     execs: dict[str, ShimProcess] = field(default_factory=dict)
     oom_kills: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)  # config.json, for its hooks
 
 
 class TaskService:
@@ -180,6 +181,12 @@ class TaskService:
             spec = json.loads((Path(req.bundle) / "config.json").read_text())
         except (OSError, ValueError) as exc:
             raise InvalidArgument(f"cannot read {req.bundle}/config.json: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise InvalidArgument(f"{req.bundle}/config.json is not a JSON object")
+        if spec.get("hooks"):
+            from cocoon.oci.hooks import validate_hooks
+
+            validate_hooks(spec)
         role = pod_role(cid, spec.get("annotations") or {})
         if role.pod_id != self.pod_id:
             raise InvalidArgument(f"container {cid!r} belongs to pod {role.pod_id!r}, not here")
@@ -208,13 +215,18 @@ class TaskService:
         init = ShimProcess(cid, "", io, asyncio.get_running_loop().create_future(), started=True)
         try:
             stdio.attach(self.sandbox, cid, "", io)
+            state = hooks.oci_state(cid, "created", self.pid, req.bundle, spec)
+            await hooks.run_stage("createRuntime", spec, state)  # prestart's too
+            await hooks.run_stage("createContainer", spec, state)
         except (OSError, CocoonError) as exc:
             with contextlib.suppress(CocoonError):
                 await self.sandbox.delete_container(cid, force=True)
             if rootfs is not None:
                 unmount_rootfs(rootfs)
+            if isinstance(exc, CocoonError):
+                raise
             raise InvalidArgument(f"cannot open the stdio of {cid!r}: {exc}") from exc
-        self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init)
+        self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init, spec=spec)
         self._watch_exit(init)
         self.events.publish(
             ev.TaskCreate(
@@ -233,8 +245,13 @@ class TaskService:
     async def Start(self, req: pb.StartRequest) -> pb.StartResponse:
         proc = self._proc(req.id, req.exec_id)
         if not req.exec_id:
+            ctr = self._ctr(req.id)
+            state = hooks.oci_state(req.id, "created", self.pid, ctr.bundle, ctr.spec)
+            await hooks.run_stage("startContainer", ctr.spec, state)
             await self.sandbox.start_container(req.id)
             self.events.publish(ev.TaskStart(container_id=req.id, pid=self.pid))
+            # After the start, as runc runs them: the container's process runs.
+            await hooks.run_stage("poststart", ctr.spec, {**state, "status": "running"})
             return pb.StartResponse(pid=self.pid)
         if proc.started:
             raise FailedPrecondition(f"exec {req.exec_id!r} of {req.id!r} is already started")
@@ -308,6 +325,8 @@ class TaskService:
             if ctr.rootfs is not None:
                 unmount_rootfs(ctr.rootfs)
             del self.containers[req.id]
+            state = hooks.oci_state(req.id, "stopped", self.pid, ctr.bundle, ctr.spec)
+            await hooks.run_stage("poststop", ctr.spec, state)
         code, at = self._exit_of(proc)
         resp = pb.DeleteResponse(pid=self.pid, exit_status=code)
         if at:

@@ -754,3 +754,42 @@ def test_namespace_paths_outside_the_pod_are_refused(
     p = c.ctr("run", "--rm", "--runtime", RT, "--with-ns", ns, IMG, cid, "true")
     assert p.returncode != 0 and needle in p.stderr, describe(p)
     c.ctr("container", "rm", cid)
+
+
+def test_hooks_run_where_runc_runs_them_poststart_after_the_start(
+    shim_containerd: ShimContainerd, cid: str, tmp_path: Path
+) -> None:
+    """containerd's runc shim leaves the spec's hooks to runc; Cocoon's shim runs them at
+    the same points: poststart once the container's process runs, poststop after Delete."""
+    from tests.fixtures.bundle import default_spec, make_rootfs
+
+    c = shim_containerd
+    out = tmp_path / "hooks"
+    out.mkdir()
+    spec = default_spec(["sleep", "1000"])
+    spec["root"] = {"path": str(make_rootfs(tmp_path / "rootfs"))}
+    kinds = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+             "poststop")  # fmt: skip
+    spec["hooks"] = {
+        k: [
+            {
+                "path": "/bin/sh",
+                "args": ["sh", "-c", f"cat > {out}/{k}.json; echo {k} >> {out}/order"],
+            }
+        ]
+        for k in kinds
+    }
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec))
+    check(c.ctr("run", "-d", "--runtime", RT, "--config", str(config), cid))
+    assert (out / "order").read_text().split() == list(kinds[:5])
+    poststart = json.loads((out / "poststart.json").read_text())
+    assert poststart["id"] == cid and poststart["status"] == "running", poststart
+    assert poststart["pid"] == c.tasks()[cid][0]
+    assert c.tasks()[cid][1] == "RUNNING"
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    assert (out / "order").read_text().split() == list(kinds)
+    assert json.loads((out / "poststop.json").read_text())["status"] == "stopped"
+    check(c.ctr("container", "rm", cid))
