@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_guest_mountinfo_names_a_bind_mount_by_its_source(env: Env) -> None:
     roots = {line.split()[4]: line.split()[3] for line in r.stdout.decode().splitlines()}
     assert roots["/data"].endswith("/my-volume"), roots
     assert roots["/etc/settings.conf"].endswith("/settings.conf"), roots
+
+
+def test_poststart_hooks_run_once_the_container_runs(env: Env) -> None:
+    """startContainer sees it created, poststart sees it running (``cocoon state``)."""
+    out = env.work / "hooks"
+    out.mkdir()
+    state = " ".join(shlex.quote(a) for a in env.argv("state", "hooked"))
+
+    def hook(kind: str) -> list[dict[str, Any]]:
+        script = f"{state} > {out}/{kind}.json; echo {kind} >> {out}/order"
+        return [{"path": "/bin/sh", "args": ["sh", "-c", script]}]
+
+    bundle = env.bundle(["sleep", "1000"])
+    _edit(bundle, hooks={k: hook(k) for k in ("startContainer", "poststart")})
+    # capture=False: the detached container keeps the creator's stdio open.
+    r = env.run("run", "-d", "--bundle", str(bundle), "hooked", capture=False)
+    try:
+        assert r.returncode == 0, (env.work / "out.log").read_text()
+        assert (out / "order").read_text().split() == ["startContainer", "poststart"]
+        assert json.loads((out / "startContainer.json").read_text())["status"] == "created"
+        assert json.loads((out / "poststart.json").read_text())["status"] == "running"
+    finally:
+        env.run("delete", "--force", "hooked")
