@@ -793,3 +793,13 @@ def test_hooks_run_where_runc_runs_them_poststart_after_the_start(
     assert (out / "order").read_text().split() == list(kinds)
     assert json.loads((out / "poststop.json").read_text())["status"] == "stopped"
     check(c.ctr("container", "rm", cid))
+
+
+def test_container_without_a_hostname_sees_the_nodes(
+    shim_containerd: ShimContainerd, cid: str
+) -> None:
+    """ctr's spec names no hostname: a runc container then sees the node's name."""
+    import socket
+
+    p = check(shim_containerd.ctr("run", "--rm", "--runtime", RT, IMG, cid, "hostname"))
+    assert p.stdout.strip() == socket.gethostname(), describe(p)

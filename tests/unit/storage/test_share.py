@@ -87,3 +87,22 @@ def test_containers_share_the_guest_network(tmp_path: Path) -> None:
     spec["linux"]["namespaces"] = [{"type": "pid"}, {"type": "network"}]
     ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
     assert ns == [{"type": "pid"}]
+
+
+def test_remove_binds_unmounts_the_named_binds_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cocoon.storage import share
+
+    unmounted: list[str] = []
+    monkeypatch.setattr(share.mounts, "umount", lambda p: unmounted.append(p))
+    shared = share.SharedDir(tmp_path)
+    base = shared.mounts_dir / "c"
+    (base / "rootfs").mkdir(parents=True)
+    (base / "0" / "my-volume").mkdir(parents=True)
+    (base / "1").mkdir()
+    (base / "1" / "hosts").touch()
+    shared.remove_binds("c")
+    rel = [str(Path(p).relative_to(base)) for p in unmounted]
+    assert rel.index("0/my-volume") < rel.index("0") and rel.index("1/hosts") < rel.index("1")
+    assert "rootfs" in rel and not base.exists()
