@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,9 @@ class NamespacePlan:
 def host_nstype(path: str) -> str:
     """The OCI type of the namespace file at ``path`` ("" if it is not a namespace);
     raises OSError when it cannot be opened."""
-    # O_NONBLOCK: a FIFO named here must not hang the create.
+    # Namespace files are regular files (nsfs): never open a device or a FIFO here.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return NOT_A_NAMESPACE
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         return CLONE_TYPES.get(fcntl.ioctl(fd, NS_GET_NSTYPE), NOT_A_NAMESPACE)

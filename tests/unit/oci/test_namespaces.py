@@ -89,3 +89,4 @@ def test_host_nstype_reads_the_kernels_answer(tmp_path: Any) -> None:
     assert host_nstype(str(tmp_path / "file")) == ""
     os.mkfifo(tmp_path / "fifo")
     assert host_nstype(str(tmp_path / "fifo")) == ""  # and does not block
+    assert host_nstype("/dev/null") == ""  # a device is never opened
