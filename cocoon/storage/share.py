@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cocoon.errors import InvalidArgument
+from cocoon.oci.guestcg import guest_resources
 from cocoon.storage import mounts
 
 GUEST_SHARE = "/run/cocoon/shared"
@@ -96,6 +97,8 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
             ns = {k: v for k, v in ns.items() if k != "path"}
         namespaces.append(ns)
     linux["namespaces"] = namespaces
+    if "resources" in linux:
+        linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
     return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest)
 
 
