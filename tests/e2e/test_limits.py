@@ -40,3 +40,23 @@ def test_cgroup_v1_only_settings_are_ignored_with_a_warning(env: Env) -> None:
     err = r.stderr.decode()
     for field in ("memory.kernel", "memory.kernelTCP", "blockIO.leafWeight", "network"):
         assert f"linux.resources.{field} is ignored" in err, err
+
+
+def test_hugetlb_limits_of_both_page_sizes_reach_the_guest_cgroup(env: Env) -> None:
+    # kubelet writes every size the node has, 0 for those the pod did not ask for.
+    resources = {
+        "hugepageLimits": [
+            {"pageSize": "2MB", "limit": 4 << 20},
+            {"pageSize": "1GB", "limit": 0},
+        ]
+    }
+    script = "ls /sys/kernel/mm/hugepages; cat /sys/fs/cgroup/hugetlb.2MB.max /sys/fs/cgroup/hugetlb.1GB.max"
+    b = limited_bundle(env, ["/bin/sh", "-c", script], resources)
+    r = env.run("run", "--bundle", str(b), "ch1")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == [
+        "hugepages-1048576kB",
+        "hugepages-2048kB",
+        str(4 << 20),
+        "0",
+    ]
