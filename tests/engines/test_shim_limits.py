@@ -1,4 +1,4 @@
-"""The shim front door: a pod's host cgroup gets the pod's CPU totals and device rules."""
+"""The shim front door: a pod's host cgroup limits, and containers in a user namespace."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def test_pod_cpu_totals_and_device_rules_land_on_the_pods_host_cgroup(
         check(c.ctr("task", "delete", pod))
         check(c.ctr("container", "rm", pod))
     assert not (CGROUPS / "cpu" / c.namespace / pod).exists()
+
+
+def test_container_with_mapped_root_runs_through_the_shim(shim_containerd: ShimContainerd) -> None:
+    """``ctr run --uidmap``: containerd chowns the snapshot to the range; inside, it is root's."""
+    c = shim_containerd
+    cid = f"un{uuid.uuid4().hex[:8]}"
+    maps = ("--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536")
+    script = "id; cat /proc/self/uid_map; ls -ln / | grep -E ' (bin|etc)$'"
+    p = check(c.ctr("run", "--rm", "--runtime", RT, *maps, IMG, cid, "sh", "-c", script))
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("uid=0(root) gid=0(root)"), p.stdout
+    assert lines[1].split() == ["0", "100000", "65536"], p.stdout
+    assert [(f[2], f[3], f[-1]) for f in map(str.split, lines[2:4])] == [
+        ("0", "0", "bin"),
+        ("0", "0", "etc"),
+    ], p.stdout
