@@ -146,11 +146,9 @@ def _cpuset(value: Any, where: str) -> str | None:
 
 def from_spec(spec: Mapping[str, Any]) -> HostLimits:
     """The host limits for the sandbox whose first (or pod sandbox) spec is ``spec``."""
-    linux = spec.get("linux") or {}
-    res = linux.get("resources") or {}
-    if not isinstance(res, Mapping):
-        raise InvalidArgument("linux.resources: expected an object")
-    cpu = res.get("cpu") or {}
+    linux = sizing._mapping(spec.get("linux"), "linux")
+    res = sizing._mapping(linux.get("resources"), "linux.resources")
+    cpu = sizing._mapping(res.get("cpu"), "linux.resources.cpu")
     annotations = spec.get("annotations") or {}
     quota: int | None
     if sizing.is_pod_sandbox(annotations):
@@ -173,10 +171,10 @@ def from_spec(spec: Mapping[str, Any]) -> HostLimits:
             quota = floor
     else:
         period = None
-    blkio = res.get("blockIO") or {}
+    blkio = sizing._mapping(res.get("blockIO"), "linux.resources.blockIO")
     return HostLimits(
         cpu_shares=_positive(cpu.get("shares")),
-        blkio_weight=_positive(blkio.get("weight") if isinstance(blkio, Mapping) else None),
+        blkio_weight=_positive(blkio.get("weight")),
         cpu_quota=quota,
         cpu_period=period,
         cpuset_cpus=_cpuset(cpu.get("cpus"), "linux.resources.cpu.cpus"),

@@ -84,6 +84,8 @@ def test_a_pod_takes_its_cpu_totals_from_the_sandbox_annotations() -> None:
         ({"devices": [{"allow": True, "type": "x"}]}, "type"),
         ({"devices": [{"allow": True, "access": "rwx"}]}, "access"),
         ({"devices": [{"access": "r"}]}, "allow"),
+        ({"cpu": "2"}, "linux.resources.cpu: expected an object"),
+        ({"cpu": {"quota": 50000, "period": 10}}, "period"),
     ],
 )
 def test_bad_limits_are_refused(resources: dict[str, Any], message: str) -> None:
