@@ -139,4 +139,7 @@ def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
         warnings.append("process.apparmorProfile is ignored: the guest runs no AppArmor")
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         warnings.append("SELinux labels are ignored: the guest runs no SELinux")
+    from cocoon.oci.guestcg import guest_resources
+
+    warnings += guest_resources(linux.get("resources"))[1]
     return errors, warnings

@@ -25,21 +25,21 @@ DEFAULT_PARENT = "cocoon"  # relative: below the runtime's own cgroup, as runc d
 
 
 def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int) -> hc.CgroupPlan:
-    """The plan for a container; raises InvalidArgument for a path we cannot honour."""
+    """The plan for a container; raises InvalidArgument for a path or limit we cannot honour.
+
+    Which limits land here, and why: :mod:`cocoon.resources.hostlimits`. The block-I/O
+    weight is the pod's share of the host's disks among other pods; it and anything
+    else this host lacks is skipped, with a warning in the service log.
+    """
+    from cocoon.resources.hostlimits import from_spec
+
     linux = spec.get("linux") or {}
-    cgroups_path = linux.get("cgroupsPath") or None
-    resources = linux.get("resources") or {}
-    shares = (resources.get("cpu") or {}).get("shares")
-    weight = (resources.get("blockIO") or {}).get("weight")
     plan = hc.plan_from_spec(
-        cgroups_path,
+        linux.get("cgroupsPath") or None,
         cid,
         memory_mib,
         overhead_mib,
-        cpu_shares=shares if isinstance(shares, int) and shares > 0 else None,
-        # The pod's share of the host's disks among other pods; skipped (with a
-        # warning in the service log) where the host has no blkio/io weight file.
-        blkio_weight=weight if isinstance(weight, int) and weight > 0 else None,
+        limits=from_spec(spec),
         default_parent=DEFAULT_PARENT,
     )
     assert plan is not None  # a default parent always gives a plan
@@ -51,10 +51,11 @@ def _origins(plan: hc.CgroupPlan) -> dict[str, str]:
     layout = hc.detect_layout(hc.CGROUP_ROOT)
     own = hc.parse_proc_cgroup(hc.PROC_SELF_CGROUP.read_text())
     out: dict[str, str] = {}
+    hierarchies = [*layout.hierarchies, *([layout.unified] if layout.unified else [])]
     for leaf in plan.leaves:
-        for h in layout.hierarchies:
+        for h in hierarchies:
             if leaf == h.mount or leaf.startswith(h.mount + "/"):
-                key = "" if layout.mode == "v2" else h.controllers[0]
+                key = "" if layout.mode == "v2" or h is layout.unified else h.controllers[0]
                 if key in own:
                     out[leaf] = posixpath.join(h.mount, own[key].lstrip("/"))
                 break
@@ -71,7 +72,7 @@ class HostCgroup:
         self.origins = _origins(self.plan)
         hc.apply(self.plan, [os.getpid()])
         if self.plan.skipped:
-            log.warning("host cgroup limits not available here: %s", ", ".join(self.plan.skipped))
+            log.warning("host cgroup: %s", "; ".join(self.plan.skipped))
 
     def set_memory(self, guest_mib: int, overhead_mib: int) -> None:
         """Raise the memory limit for a guest that grows (hotplug)."""

@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import InvalidArgument
+from cocoon.oci.guestcg import guest_resources
 from cocoon.storage import mounts
 
 GUEST_SHARE = "/run/cocoon/shared"
 # Filesystems the guest kernel provides itself; they never cross the share.
 GUEST_LOCAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
+# Directories only Cocoon makes (mounts/, shared/, mounts/<cid>/): traversable, not
+# listable. A container in a user namespace is set up by crun as its mapped root, a
+# stranger to these root-owned dirs, on its way to its rootfs and bind sources; the
+# sandbox dir above them stays 0700 on the host. Nothing of the bundle is loosened.
+COCOON_DIR_MODE = 0o711
+
+
+def make_cocoon_dir(path: Path) -> None:
+    """Create (or re-mode) one of Cocoon's own share directories, whatever the umask."""
+    path.mkdir(mode=COCOON_DIR_MODE, exist_ok=True)
+    os.chmod(path, COCOON_DIR_MODE)
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
             ns = {k: v for k, v in ns.items() if k != "path"}
         namespaces.append(ns)
     linux["namespaces"] = namespaces
+    if "resources" in linux:
+        linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
     return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest)
 
 
@@ -95,8 +110,8 @@ class SharedDir:
         self.shared_dir = sandbox_dir / "shared"
 
     def setup(self) -> None:
-        self.mounts_dir.mkdir(mode=0o700, exist_ok=True)
-        self.shared_dir.mkdir(mode=0o700, exist_ok=True)
+        make_cocoon_dir(self.mounts_dir)
+        make_cocoon_dir(self.shared_dir)
         mounts.bind(str(self.mounts_dir), str(self.mounts_dir), recursive=False)
         mounts.mount("none", str(self.mounts_dir), None, mounts.MS_SHARED)
         mounts.bind(str(self.mounts_dir), str(self.shared_dir))
@@ -109,6 +124,8 @@ class SharedDir:
         )
 
     def apply_binds(self, binds: list[Bind]) -> None:
+        for cid in {b.target.split("/")[0] for b in binds}:
+            make_cocoon_dir(self.mounts_dir / cid)
         for b in binds:
             target = self.mounts_dir / b.target
             target.parent.mkdir(parents=True, exist_ok=True)
