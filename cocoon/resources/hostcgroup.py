@@ -627,6 +627,43 @@ def apply(plan: CgroupPlan, pids: list[int]) -> list[str]:
     return list(plan.created)
 
 
+# Files an update leaves alone: memory is guest + overhead (it follows the VM's
+# growth, not a container limit); device rules are append-only lists fixed at create.
+_NOT_UPDATED = ("memory.", "devices.")
+
+
+def update_writes(old: CgroupPlan, new: CgroupPlan) -> tuple[list[Write], list[str]]:
+    """The writes that turn ``old``'s limits into ``new``'s, and what cannot change.
+
+    Only files in ``old``'s cgroups can be written: a controller the container had
+    no limit for at create has no cgroup of this VM to write (noted, not fatal).
+    """
+    before = {w.path: w.value for w in old.writes}
+    leaves = set(old.leaves)
+    writes: list[Write] = []
+    notes: list[str] = []
+    for w in new.writes:
+        name = posixpath.basename(w.path)
+        if before.get(w.path) == w.value or name.startswith(_NOT_UPDATED):
+            continue
+        if posixpath.dirname(w.path) not in leaves:
+            notes.append(f"{name}: no host cgroup of this controller was made at create")
+            continue
+        writes.append(w)
+    return writes, notes
+
+
+def write_all(writes: list[Write]) -> None:
+    """Apply ``writes`` in order; CocoonError naming the first that fails."""
+    for w in writes:
+        if w.optional and not os.path.exists(w.path):
+            continue
+        try:
+            _write(w.path, w.value)
+        except OSError as exc:
+            raise CocoonError(f"cannot write {w.value} to {w.path}", exc) from exc
+
+
 def add_pid(plan: CgroupPlan, pid: int) -> None:
     """Move process ``pid`` (all its threads) into the plan's cgroup in every hierarchy."""
     for leaf in plan.leaves:

@@ -36,7 +36,7 @@ from cocoon.errors import InvalidArgument
 from cocoon.resources import sizing
 
 MIN_HOST_CPUS = 0.25
-DEFAULT_PERIOD = 100_000
+DEFAULT_PERIOD = sizing.DEFAULT_CPU_PERIOD
 PAGE_SIZE = re.compile(r"^[1-9][0-9]*[KMG]B$")
 
 
@@ -142,6 +142,13 @@ def _cpuset(value: Any, where: str) -> str | None:
         raise InvalidArgument(f"{where}: expected a string, got {value!r}")
     sizing.count_cpuset(value, where)  # validates the list syntax
     return value
+
+
+def updated_spec(spec: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``update``'s LinuxResources laid over ``linux.resources``."""
+    linux = dict(spec.get("linux") or {})
+    linux["resources"] = sizing.overlay_resources(linux.get("resources") or {}, resources)
+    return {**spec, "linux": linux}
 
 
 def from_spec(spec: Mapping[str, Any]) -> HostLimits:

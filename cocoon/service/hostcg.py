@@ -63,8 +63,12 @@ def _origins(plan: hc.CgroupPlan) -> dict[str, str]:
 
 
 class HostCgroup:
-    def __init__(self, plan: hc.CgroupPlan) -> None:
+    def __init__(
+        self, plan: hc.CgroupPlan, spec: dict[str, Any] | None = None, sandbox_id: str = ""
+    ) -> None:
         self.plan = plan
+        self.spec = spec  # the spec the plan came from (for update)
+        self.sandbox_id = sandbox_id
         self.origins: dict[str, str] = {}
 
     def join(self) -> None:
@@ -88,6 +92,27 @@ class HostCgroup:
                 w = hc.Write(w.path, value, w.optional)
             writes.append(w)
         self.plan.writes = writes
+
+    def update_limits(self, resources: dict[str, Any], guest_mib: int) -> None:
+        """Carry an ``update`` of the sandbox's container to the VM's host cgroup.
+
+        The limits that land on the host (CPU quota/period and shares, cpuset,
+        hugetlb, block-I/O weight) are recomputed from the spec with ``resources``
+        laid over it and only the files that change are written.
+        """
+        if self.spec is None:
+            return
+        from cocoon.resources.hostlimits import updated_spec
+
+        spec = updated_spec(self.spec, resources)
+        new = plan_for(spec, self.sandbox_id, guest_mib, 0)
+        writes, notes = hc.update_writes(self.plan, new)
+        hc.write_all(writes)
+        for note in notes:
+            log.warning("host cgroup update: %s", note)
+        done = {w.path: w for w in writes}
+        self.plan.writes = [done.pop(w.path, w) for w in self.plan.writes] + list(done.values())
+        self.spec = spec
 
     def add(self, pid: int) -> None:
         hc.add_pid(self.plan, pid)

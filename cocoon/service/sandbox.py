@@ -40,7 +40,7 @@ from cocoon.resources.sizing import (
     Workload,
     container_workload,
     dynamic_size,
-    resources_workload,
+    updated_workload,
 )
 from cocoon.service import persist
 from cocoon.service.stdio import Relays
@@ -84,6 +84,7 @@ class ContainerRecord:
     host_pids: dict[str, int] = field(default_factory=dict)  # exec id ("" = init) → stub
     terminal: bool = False
     workload: Workload = field(default_factory=Workload)  # what dynamic sizing counts
+    resources: dict[str, Any] = field(default_factory=dict)  # linux.resources, as updated
 
 
 class Sandbox:
@@ -109,6 +110,8 @@ class Sandbox:
         self.on_host_process: Callable[[int], None] | None = None
         # Called with the guest's new memory (MiB) before it grows (the host limit).
         self.on_memory_growth: Callable[[int], None] | None = None
+        # Called after an update reached the guest: the host cgroup's share of it.
+        self.on_resources_update: Callable[[str, dict[str, Any]], None] | None = None
         self.vcpus = settings.vcpus
         self.memory_mib = settings.memory_mib
         self._dimms = 0
@@ -380,6 +383,7 @@ class Sandbox:
             annotations=bundle.annotations,
             terminal=bundle.terminal,
             workload=workload,
+            resources=dict((bundle.spec.get("linux") or {}).get("resources") or {}),
         )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
@@ -500,18 +504,15 @@ class Sandbox:
         if ctr.status == "stopped":
             raise FailedPrecondition(f"container {cid!r} is stopped")
         agent = await self.ready()
-        new = resources_workload(resources, "resources")
-        workload = Workload(
-            cpus=new.cpus if "cpu" in resources else ctr.workload.cpus,
-            memory_bytes=new.memory_bytes if "memory" in resources else ctr.workload.memory_bytes,
-            cpuset_cpus=new.cpuset_cpus if "cpu" in resources else ctr.workload.cpuset_cpus,
-        )
+        merged, workload = updated_workload(ctr.resources, resources)
         others = [
             c.workload for c in self.containers.values() if c.id != cid and c.status != "stopped"
         ]
         await self.grow_to([*others, workload])  # grow first, so the new limits fit
         await agent.update_container(cid, resources)
-        ctr.workload = workload
+        ctr.workload, ctr.resources = workload, merged
+        if self.on_resources_update is not None:
+            self.on_resources_update(cid, resources)
 
     def _workloads(self) -> list[Workload]:
         return [c.workload for c in self.containers.values() if c.status != "stopped"]

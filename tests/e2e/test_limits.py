@@ -108,6 +108,11 @@ def test_cpu_quota_cpuset_and_device_rules_land_on_the_vms_host_cgroup(env: Env)
         state = json.loads((env.root / "cq1" / "state.json").read_text())
         for d in (cpu, cpuset, devices):
             assert str(state["qemu_pid"]) in (d / "cgroup.procs").read_text().split()
+        # update reaches the host level too: the VM's quota follows the container's.
+        r = env.run("update", "--cpu-quota", "80000", "--cpuset-cpus", "0-1", "cq1")
+        assert r.returncode == 0, r.stderr.decode()
+        assert (cpu / "cpu.cfs_quota_us").read_text().split() == ["80000"]
+        assert (cpuset / "cpuset.cpus").read_text().split() == ["0-1"]
     finally:
         assert env.run("delete", "--force", "cq1").returncode == 0
     for c in ("cpu", "cpuset", "devices", "unified"):

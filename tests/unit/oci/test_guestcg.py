@@ -43,9 +43,7 @@ def test_what_v2_expresses_is_left_for_crun() -> None:
     res = {"memory": {"limit": 1}, "hugepageLimits": [{"pageSize": "2MB", "limit": 2097152}]}
     assert guest_resources(res) == (res, [])
     assert guest_resources(None) == (None, [])
-    assert guest_resources({"blockIO": {"weightDevice": [{"leafWeight": 1}]}})[0] == {
-        "blockIO": {}
-    }
+    assert guest_resources({"blockIO": {"weightDevice": [{"leafWeight": 1}]}})[0] == {"blockIO": {}}
 
 
 def test_create_warns_about_what_it_drops() -> None:

@@ -8,7 +8,7 @@ import pytest
 from cocoon.errors import InvalidArgument
 from cocoon.resources import hostcgroup as hc
 from cocoon.resources.hostcgroup import Write
-from cocoon.resources.hostlimits import VMM_DEVICES, DeviceRule, HostLimits, from_spec
+from cocoon.resources.hostlimits import VMM_DEVICES, DeviceRule, HostLimits, from_spec, updated_spec
 from tests.unit.resources.test_hostcgroup import V1_FILES, make_v1, make_v2
 
 
@@ -163,3 +163,33 @@ def test_v2_plan_with_cpu_quota_cpuset_and_hugetlb(tmp_path: Path) -> None:
         Write(f"{r}/c/hugetlb.1GB.max", "0"),
     ]
     assert plan.skipped == ["device rules: cgroup v2 needs an eBPF program, not applied"]
+
+
+def test_update_lays_resources_over_the_spec_as_runc_does() -> None:
+    old = spec({"cpu": {"quota": 50000, "shares": 512}, "hugepageLimits": [{"pageSize": "2MB"}]})
+    new = updated_spec(old, {"cpu": {"quota": 80000}, "hugepageLimits": []})
+    assert new["linux"]["resources"] == {
+        "cpu": {"quota": 80000, "shares": 512},
+        "hugepageLimits": [],
+    }
+    assert old["linux"]["resources"]["cpu"] == {"quota": 50000, "shares": 512}  # not changed
+
+
+def test_update_writes_only_what_changed_and_never_memory_or_devices(tmp_path: Path) -> None:
+    root = make_v2(tmp_path / "cg", "cpuset cpu memory hugetlb")
+    sizes = hugepages(tmp_path, 2048)
+
+    def plan(resources: dict[str, Any]) -> hc.CgroupPlan:
+        p = hc.plan_from_spec(
+            "/c", "c", 64, 0, root, limits=from_spec(spec(resources)), hugepages_dir=sizes
+        )
+        assert p is not None
+        return p
+
+    old = plan({"cpu": {"quota": 50000, "cpus": "0"}})
+    new = plan({"cpu": {"quota": 100000, "cpus": "0"}, "devices": [{"allow": False}]})
+    new.writes.append(Write(f"{root}/c/memory.max", "1"))
+    new.writes.append(Write(f"{root}/other/cpu.max", "1"))
+    writes, notes = hc.update_writes(old, new)
+    assert writes == [Write(f"{root}/c/cpu.max", "100000 100000")]
+    assert notes == ["cpu.max: no host cgroup of this controller was made at create"]
