@@ -35,6 +35,7 @@ from cocoon.hypervisor.cmdline import MEMORY_BLOCK_MIB, SHARE_TAG, SharePlan, VM
 from cocoon.hypervisor.plan import vm_plan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
 from cocoon.network.pod import PodNetwork
+from cocoon.oci.ids import validate_exec_id, validate_id
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
     Workload,
@@ -351,6 +352,7 @@ class Sandbox:
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member)."""
+        validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
@@ -460,7 +462,8 @@ class Sandbox:
         ctr = self.get(cid)
         if ctr.status != "running":
             raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {ctr.status}")
-        if not exec_id or exec_id in ctr.execs:
+        validate_exec_id(exec_id)  # it names files in the guest
+        if exec_id in ctr.execs:
             raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is empty or in use")
         agent = await self.ready()
         terminal = bool(process.get("terminal", False))

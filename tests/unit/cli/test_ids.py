@@ -1,0 +1,41 @@
+"""Every verb ends a long or odd container ID in one line, before touching anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cocoon.cli.main import main
+
+LONG = "a" * 300
+
+VERBS = [
+    ["state", LONG],
+    ["kill", LONG, "KILL"],
+    ["delete", "--force", LONG],
+    ["start", LONG],
+    ["pause", LONG],
+    ["resume", LONG],
+    ["ps", LONG],
+    ["exec", LONG, "true"],
+    ["events", LONG],
+    ["update", "--memory", "1", LONG],
+    ["create", "--bundle", "/nonexistent", LONG],
+    ["run", "--bundle", "/nonexistent", LONG],
+    ["run", "-d", "--bundle", "/nonexistent", LONG],
+    ["create", "--bundle", "/nonexistent", "a\tb"],
+]
+
+
+@pytest.mark.parametrize("argv", VERBS, ids=lambda a: " ".join(a)[:40])
+def test_long_and_odd_ids_are_one_line(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"
+    (root / ".locks").mkdir(parents=True)
+    assert main(["--root", str(root), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "container id" in err[0], err
+    assert sorted(p.name for p in root.iterdir()) == [".locks"]
+    assert not list((root / ".locks").iterdir())
