@@ -109,6 +109,10 @@ def prepare_sandbox(
 
     paths = paths_for(args, args.id)
     bundle = load_bundle(args.bundle)
+    if getattr(args, "verb", "") in ("create", "run"):
+        from cocoon.oci.spec import require_process
+
+        require_process(bundle)
     check_terminal(bundle.terminal)
     from cocoon.errors import InvalidArgument
     from cocoon.oci.spec import vm_compatibility

@@ -39,3 +39,22 @@ def test_long_and_odd_ids_are_one_line(
     assert len(err) == 1 and "container id" in err[0], err
     assert sorted(p.name for p in root.iterdir()) == [".locks"]
     assert not list((root / ".locks").iterdir())
+
+
+@pytest.mark.parametrize("verb", [["create"], ["run"], ["run", "-d"]])
+def test_a_spec_without_process_is_refused_before_any_vm(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    bundle = tmp_path / "b"
+    (bundle / "rootfs").mkdir(parents=True)
+    netns = {"namespaces": [{"type": "network"}]}
+    spec = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "linux": netns}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    root = tmp_path / "root"
+    argv = ["--root", str(root), "--assets-dir", str(tmp_path / "none"), *verb]
+    assert main([*argv, "--bundle", str(bundle), "c1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "process is required" in err[0], err
+    assert not (root / "c1").exists()
