@@ -72,6 +72,7 @@ class ProcessRecord:
     exit: asyncio.Future[tuple[int, int]]
     relays: Relays | None = None
     waiter: asyncio.Task[None] | None = None
+    host_watch: int = -1  # pidfd of the host process standing for it (the stub)
 
 
 @dataclass
@@ -471,10 +472,63 @@ class Sandbox:
         ctr.execs[exec_id] = self._track(cid, exec_id)
 
     def register_process(self, cid: str, exec_id: str, host_pid: int, join: bool) -> None:
-        self._process(cid, exec_id)
+        """Record the host PID that stands for a guest process (what the engine reaps).
+
+        Its death means the process has exited as far as the engine knows, so
+        the guest process is killed then (runc's container dies with its PID).
+        """
+        proc = self._process(cid, exec_id)
         self.get(cid).host_pids[exec_id] = host_pid
         if join and self.on_host_process is not None:
             self.on_host_process(host_pid)
+        self._watch_host_process(proc, host_pid)
+
+    def _watch_host_process(self, proc: ProcessRecord, host_pid: int) -> None:
+        import os
+
+        self._unwatch(proc)
+        if proc.exit.done():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            proc.host_watch = os.pidfd_open(host_pid)
+        except OSError:  # already gone (ESRCH), or no pidfd: nothing stands for it
+            log.warning("host PID %d of %s/%s is gone", host_pid, proc.cid, proc.exec_id or "init")
+            loop.call_soon(self._host_process_died, proc, host_pid)
+            return
+        loop.add_reader(proc.host_watch, self._host_process_died, proc, host_pid)
+        proc.exit.add_done_callback(lambda _f: self._unwatch(proc))
+
+    def _unwatch(self, proc: ProcessRecord) -> None:
+        import os
+
+        if proc.host_watch < 0:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(proc.host_watch)
+        with contextlib.suppress(OSError):
+            os.close(proc.host_watch)
+        proc.host_watch = -1
+
+    def _host_process_died(self, proc: ProcessRecord, host_pid: int) -> None:
+        self._unwatch(proc)
+        if proc.exit.done():
+            return  # the usual order: the guest process exited, then its stub
+        what = f"{proc.cid}/{proc.exec_id or 'init'}"
+        log.warning("host PID %d standing for %s died: killing it in the guest", host_pid, what)
+
+        async def kill() -> None:
+            if self.state != SandboxState.READY or self.agent is None:
+                return
+            try:
+                await self.agent.signal_process(
+                    proc.cid, proc.exec_id, signal.SIGKILL, not proc.exec_id
+                )
+            except CocoonError as exc:
+                log.warning("could not kill %s: %s", what, exc)
+
+        task = asyncio.get_running_loop().create_task(kill())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
         self._process(cid, exec_id)
