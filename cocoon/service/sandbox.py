@@ -56,6 +56,29 @@ IO_DRAIN_TIMEOUT = 5.0
 CLONE_AGENT_TIMEOUT = 15.0
 
 
+def _last_lines(path: Path, n: int, limit: int = 400) -> str:
+    """The last ``n`` non-empty lines of a log, joined into one line; the kernel's
+    panic line instead when there is one (a panic ends in a stack dump). The guest
+    wrote the console: control characters are dropped and the length is capped."""
+    import re
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [
+        re.sub(r"^\[\s*\d+\.\d+\]\s*", "", "".join(c for c in ln if c.isprintable())).strip()
+        for ln in text.splitlines()
+    ]
+    lines = [ln for ln in lines if ln]
+    panic = [ln for ln in lines if ln.startswith("Kernel panic")]
+    out = panic[-1] if panic else " | ".join(lines[-n:])
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 class SandboxState(enum.Enum):
     NEW = "new"
     BOOTING = "booting"
@@ -290,18 +313,38 @@ class Sandbox:
         return out
 
     async def _connect_agent(self, timeout: float) -> AgentClient:
+        """The agent's client once it answers; if QEMU exits first (a guest that
+        panicked, QEMU that failed), Unavailable with QEMU's exit and the console's
+        last lines, not the broken socket that was its symptom."""
         assert self.vm is not None
         connect = asyncio.ensure_future(AgentClient.connect(str(self.paths.agent_sock), timeout))
         died = asyncio.ensure_future(self.vm.exited.wait())
         done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
         if connect in done:
             died.cancel()
-            return connect.result()
-        connect.cancel()
-        raise Unavailable(
-            f"the VM {describe_exit(self.vm.exit_code)} before its agent answered "
-            f"(see {self.paths.console_log})"
-        )
+            try:
+                return connect.result()
+            except CocoonError:
+                # The agent's socket breaks a moment before QEMU is reaped: wait
+                # for that exit, which says what really happened.
+                if await self.vm.wait(2.0) is None:
+                    raise
+        else:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+        raise Unavailable(self._boot_death_reason())
+
+    def _boot_death_reason(self) -> str:
+        assert self.vm is not None
+        reason = f"the VM {describe_exit(self.vm.exit_code)} while booting"
+        console = _last_lines(self.paths.console_log, 3)
+        qemu = _last_lines(self.paths.qemu_log, 1)
+        if qemu:
+            reason += f"; QEMU said: {qemu}"
+        if console:
+            reason += f"; console: {console}"
+        return reason
 
     def _persist_pids(self) -> None:
         try:

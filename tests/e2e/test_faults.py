@@ -112,3 +112,17 @@ def test_qemu_killed_and_service_killed_report_stopped_pid_0(env: Env) -> None:
         assert (st["status"], st["pid"]) == ("stopped", 0), (victim, st)
         r = env.run("delete", cid)
         assert r.returncode == 0, (victim, r.stderr)
+
+
+def test_vm_dying_at_boot_reports_qemus_exit_and_the_console(env: Env) -> None:
+    # No init in the initramfs: the guest kernel panics, and QEMU (-no-reboot) exits.
+    b = env.bundle(
+        ["/bin/true"],
+        annotations={"io.katacontainers.config.hypervisor.kernel_params": "rdinit=/nonexistent"},
+    )
+    r = env.run("run", "--bundle", str(b), "cb", env={"COCOON_ENABLE_TEMPLATE": "false"})
+    err = [ln for ln in r.stderr.decode().splitlines() if "warning" not in ln]
+    assert r.returncode == 1 and len(err) == 1, err
+    assert "connection reset" not in err[0], err
+    assert "the VM exited with status 0 while booting" in err[0], err
+    assert "console: Kernel panic" in err[0], err  # what the guest said last
