@@ -263,10 +263,12 @@ class Sandbox:
 
     async def _start_clone(self, plan: VMPlan) -> bool:
         """Start as a clone of a template; False (logged, maybe a warning) means cold boot."""
+        from cocoon.factory.bound import Bound
         from cocoon.factory.choose import choose
         from cocoon.factory.store import Store
 
-        store = Store(Path(self.settings.template_dir))
+        s = self.settings
+        store = Store(Path(s.template_dir), Bound(s.max_templates, s.max_template_mib << 20))
         choice = await choose(store, plan, create=True, boot_timeout=self.settings.agent_timeout)
         self._mark("template_chosen")
         if choice.template is None:

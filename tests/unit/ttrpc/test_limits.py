@@ -65,8 +65,10 @@ def test_blocking_client(tmp_path: Path) -> None:
         await _server().listen_unix(str(sock))
         ready.set()
 
+    tasks: list[asyncio.Task[None]] = []
+
     def run() -> None:
-        loop.create_task(serve())
+        tasks.append(loop.create_task(serve()))
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
