@@ -17,7 +17,7 @@ import os
 import posixpath
 from typing import Any
 
-from cocoon.errors import CocoonError
+from cocoon.errors import CocoonError, InvalidArgument
 from cocoon.resources import hostcgroup as hc
 
 log = logging.getLogger("cocoon.cgroup")
@@ -28,9 +28,11 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
     """The plan for a container; raises InvalidArgument for a path we cannot honour."""
     linux = spec.get("linux") or {}
     cgroups_path = linux.get("cgroupsPath") or None
-    resources = linux.get("resources") or {}
-    shares = (resources.get("cpu") or {}).get("shares")
-    weight = (resources.get("blockIO") or {}).get("weight")
+    if cgroups_path is not None and not isinstance(cgroups_path, str):
+        raise InvalidArgument("linux.cgroupsPath must be a string")
+    resources = _object(linux.get("resources"), "linux.resources")
+    shares = _object(resources.get("cpu"), "linux.resources.cpu").get("shares")
+    weight = _object(resources.get("blockIO"), "linux.resources.blockIO").get("weight")
     plan = hc.plan_from_spec(
         cgroups_path,
         cid,
@@ -44,6 +46,14 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
     )
     assert plan is not None  # a default parent always gives a plan
     return plan
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field} must be an object")
+    return value
 
 
 def _origins(plan: hc.CgroupPlan) -> dict[str, str]:

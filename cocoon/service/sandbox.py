@@ -449,8 +449,12 @@ class Sandbox:
                 if not proc.exit.done():
                     proc.exit.set_exception(Unavailable(reason))
                 return
+            status = resp.status
+            if not 0 <= status <= 255:  # the guest said so: it is not trusted
+                log.warning("%s/%s: exit status %d from the guest: 255", cid, exec_id, status)
+                status = 255
             if not proc.exit.done():
-                proc.exit.set_result((resp.status, resp.exited_at_ns))
+                proc.exit.set_result((status, resp.exited_at_ns))
             if exec_id and cid in self.containers:
                 self.containers[cid].host_pids.pop(exec_id, None)
             if not exec_id:
