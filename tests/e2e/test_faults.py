@@ -126,3 +126,13 @@ def test_vm_dying_at_boot_reports_qemus_exit_and_the_console(env: Env) -> None:
     assert "connection reset" not in err[0], err
     assert "the VM exited with status 0 while booting" in err[0], err
     assert "console: Kernel panic" in err[0], err  # what the guest said last
+
+
+def test_the_longest_id_runs_and_one_longer_is_one_line(env: Env) -> None:
+    b = env.bundle(["/bin/sh", "-c", "echo ok"])
+    longest = "x" * 255
+    r = env.run("run", "--bundle", str(b), longest)
+    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+    r = env.run("run", "--bundle", str(b), longest + "x")
+    err = [ln for ln in r.stderr.decode().splitlines() if "warning" not in ln]
+    assert r.returncode == 1 and len(err) == 1 and "more than 255" in err[0], err
