@@ -58,3 +58,23 @@ def test_a_spec_without_process_is_refused_before_any_vm(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "process is required" in err[0], err
     assert not (root / "c1").exists()
+
+
+@pytest.mark.parametrize("verb", [["create"], ["run"], ["run", "-d"]])
+def test_an_unwritable_pid_file_is_refused_before_any_vm(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.fixtures.bundle import default_spec
+
+    bundle = tmp_path / "b"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps(default_spec(["true"])))
+    root = tmp_path / "root"
+    argv = ["--root", str(root), "--assets-dir", str(tmp_path / "none"), *verb]
+    pid_file = str(tmp_path / "no" / "such" / "dir" / "pid")
+    assert main([*argv, "--pid-file", pid_file, "--bundle", str(bundle), "c1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pid-file" in err[0] and "not a directory" in err[0], err
+    assert not (root / "c1").exists()
