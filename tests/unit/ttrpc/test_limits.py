@@ -70,6 +70,11 @@ def test_blocking_client(tmp_path: Path) -> None:
     def run() -> None:
         tasks.append(loop.create_task(serve()))
         loop.run_forever()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
