@@ -136,3 +136,32 @@ def test_the_longest_id_runs_and_one_longer_is_one_line(env: Env) -> None:
     r = env.run("run", "--bundle", str(b), longest + "x")
     err = [ln for ln in r.stderr.decode().splitlines() if "warning" not in ln]
     assert r.returncode == 1 and len(err) == 1 and "more than 255" in err[0], err
+
+
+def test_stub_killed_before_start(env: Env) -> None:
+    b = env.bundle(["/bin/sh", "-c", STARTED])
+    pidfile = env.work / "pid"
+    r = env.run("create", "--pid-file", str(pidfile), "--bundle", str(b), "cc", capture=False)
+    assert r.returncode == 0, (env.work / "out.log").read_text()
+    assert _state(env, "cc")["status"] == "created"
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    st = _stopped_within(env, "cc", 5)
+    assert (st["status"], st["pid"]) == ("stopped", 0), st
+    assert env.run("start", "cc").returncode == 1
+    assert env.run("delete", "cc").returncode == 0
+
+
+def test_a_message_over_the_4_mib_limit_is_one_line(env: Env) -> None:
+    b = env.bundle(["/bin/sh", "-c", STARTED])
+    r = env.run("run", "-d", "--bundle", str(b), "cm", capture=False)
+    assert r.returncode == 0, (env.work / "out.log").read_text()
+    proc = env.work / "proc.json"
+    proc.write_text(
+        json.dumps({"args": ["/bin/true"], "cwd": "/", "env": ["X=" + "x" * (5 << 20)]})
+    )
+    r = env.run("exec", "--process", str(proc), "cm")
+    err = [ln for ln in r.stderr.decode().splitlines() if "warning" not in ln]
+    assert r.returncode == 1 and len(err) == 1, err
+    assert "Exec: the request is" in err[0] and "4 MiB message limit" in err[0], err
+    assert _state(env, "cm")["status"] == "running"
+    assert env.run("delete", "--force", "cm").returncode == 0
