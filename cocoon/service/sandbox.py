@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import secrets
 import signal
 import time
@@ -514,7 +515,7 @@ class Sandbox:
             raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {ctr.status}")
         validate_exec_id(exec_id)  # it names files in the guest
         if exec_id in ctr.execs:
-            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is empty or in use")
+            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is in use")
         agent = await self.ready()
         terminal = bool(process.get("terminal", False))
         await agent.exec_process(w.ExecProcessRequest(cid, exec_id, process, stdin, terminal))
@@ -533,8 +534,6 @@ class Sandbox:
         self._watch_host_process(proc, host_pid)
 
     def _watch_host_process(self, proc: ProcessRecord, host_pid: int) -> None:
-        import os
-
         self._unwatch(proc)
         if proc.exit.done():
             return
@@ -549,8 +548,6 @@ class Sandbox:
         proc.exit.add_done_callback(lambda _f: self._unwatch(proc))
 
     def _unwatch(self, proc: ProcessRecord) -> None:
-        import os
-
         if proc.host_watch < 0:
             return
         with contextlib.suppress(Exception):
