@@ -17,7 +17,7 @@ import os
 import posixpath
 from typing import Any
 
-from cocoon.errors import CocoonError
+from cocoon.errors import CocoonError, InvalidArgument
 from cocoon.resources import hostcgroup as hc
 
 log = logging.getLogger("cocoon.cgroup")
@@ -34,8 +34,13 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
     from cocoon.resources.hostlimits import from_spec
 
     linux = spec.get("linux") or {}
+    if not isinstance(linux, dict):
+        raise InvalidArgument("linux must be an object")
+    cgroups_path = linux.get("cgroupsPath") or None
+    if cgroups_path is not None and not isinstance(cgroups_path, str):
+        raise InvalidArgument("linux.cgroupsPath must be a string")
     plan = hc.plan_from_spec(
-        linux.get("cgroupsPath") or None,
+        cgroups_path,
         cid,
         memory_mib,
         overhead_mib,

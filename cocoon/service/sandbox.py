@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import secrets
 import signal
 import time
@@ -35,6 +36,7 @@ from cocoon.hypervisor.cmdline import MEMORY_BLOCK_MIB, SHARE_TAG, SharePlan, VM
 from cocoon.hypervisor.plan import vm_plan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
 from cocoon.network.pod import PodNetwork
+from cocoon.oci.ids import validate_exec_id, validate_id
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
     Workload,
@@ -55,6 +57,29 @@ IO_DRAIN_TIMEOUT = 5.0
 CLONE_AGENT_TIMEOUT = 15.0
 
 
+def _last_lines(path: Path, n: int, limit: int = 400) -> str:
+    """The last ``n`` non-empty lines of a log, joined into one line; the kernel's
+    panic line instead when there is one (a panic ends in a stack dump). The guest
+    wrote the console: control characters are dropped and the length is capped."""
+    import re
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [
+        re.sub(r"^\[\s*\d+\.\d+\]\s*", "", "".join(c for c in ln if c.isprintable())).strip()
+        for ln in text.splitlines()
+    ]
+    lines = [ln for ln in lines if ln]
+    panic = [ln for ln in lines if ln.startswith("Kernel panic")]
+    out = panic[-1] if panic else " | ".join(lines[-n:])
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 class SandboxState(enum.Enum):
     NEW = "new"
     BOOTING = "booting"
@@ -71,6 +96,7 @@ class ProcessRecord:
     exit: asyncio.Future[tuple[int, int]]
     relays: Relays | None = None
     waiter: asyncio.Task[None] | None = None
+    host_watch: int = -1  # pidfd of the host process standing for it (the stub)
 
 
 @dataclass
@@ -241,10 +267,12 @@ class Sandbox:
 
     async def _start_clone(self, plan: VMPlan) -> bool:
         """Start as a clone of a template; False (logged, maybe a warning) means cold boot."""
+        from cocoon.factory.bound import Bound
         from cocoon.factory.choose import choose
         from cocoon.factory.store import Store
 
-        store = Store(Path(self.settings.template_dir))
+        s = self.settings
+        store = Store(Path(s.template_dir), Bound(s.max_templates, s.max_template_mib << 20))
         choice = await choose(store, plan, create=True, boot_timeout=self.settings.agent_timeout)
         self._mark("template_chosen")
         if choice.template is None:
@@ -291,18 +319,38 @@ class Sandbox:
         return out
 
     async def _connect_agent(self, timeout: float) -> AgentClient:
+        """The agent's client once it answers; if QEMU exits first (a guest that
+        panicked, QEMU that failed), Unavailable with QEMU's exit and the console's
+        last lines, not the broken socket that was its symptom."""
         assert self.vm is not None
         connect = asyncio.ensure_future(AgentClient.connect(str(self.paths.agent_sock), timeout))
         died = asyncio.ensure_future(self.vm.exited.wait())
         done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
         if connect in done:
             died.cancel()
-            return connect.result()
-        connect.cancel()
-        raise Unavailable(
-            f"the VM {describe_exit(self.vm.exit_code)} before its agent answered "
-            f"(see {self.paths.console_log})"
-        )
+            try:
+                return connect.result()
+            except CocoonError:
+                # The agent's socket breaks a moment before QEMU is reaped: wait
+                # for that exit, which says what really happened.
+                if await self.vm.wait(2.0) is None:
+                    raise
+        else:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+        raise Unavailable(self._boot_death_reason())
+
+    def _boot_death_reason(self) -> str:
+        assert self.vm is not None
+        reason = f"the VM {describe_exit(self.vm.exit_code)} while booting"
+        console = _last_lines(self.paths.console_log, 3)
+        qemu = _last_lines(self.paths.qemu_log, 1)
+        if qemu:
+            reason += f"; QEMU said: {qemu}"
+        if console:
+            reason += f"; console: {console}"
+        return reason
 
     def _persist_pids(self) -> None:
         try:
@@ -354,6 +402,7 @@ class Sandbox:
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member)."""
+        validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
@@ -405,8 +454,12 @@ class Sandbox:
                 if not proc.exit.done():
                     proc.exit.set_exception(Unavailable(reason))
                 return
+            status = resp.status
+            if not 0 <= status <= 255:  # the guest said so: it is not trusted
+                log.warning("%s/%s: exit status %d from the guest: 255", cid, exec_id, status)
+                status = 255
             if not proc.exit.done():
-                proc.exit.set_result((resp.status, resp.exited_at_ns))
+                proc.exit.set_result((status, resp.exited_at_ns))
             if exec_id and cid in self.containers:
                 self.containers[cid].host_pids.pop(exec_id, None)
             if not exec_id:
@@ -464,18 +517,68 @@ class Sandbox:
         ctr = self.get(cid)
         if ctr.status != "running":
             raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {ctr.status}")
-        if not exec_id or exec_id in ctr.execs:
-            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is empty or in use")
+        validate_exec_id(exec_id)  # it names files in the guest
+        if exec_id in ctr.execs:
+            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is in use")
         agent = await self.ready()
         terminal = bool(process.get("terminal", False))
         await agent.exec_process(w.ExecProcessRequest(cid, exec_id, process, stdin, terminal))
         ctr.execs[exec_id] = self._track(cid, exec_id)
 
     def register_process(self, cid: str, exec_id: str, host_pid: int, join: bool) -> None:
-        self._process(cid, exec_id)
+        """Record the host PID that stands for a guest process (what the engine reaps).
+
+        Its death means the process has exited as far as the engine knows, so
+        the guest process is killed then (runc's container dies with its PID).
+        """
+        proc = self._process(cid, exec_id)
         self.get(cid).host_pids[exec_id] = host_pid
         if join and self.on_host_process is not None:
             self.on_host_process(host_pid)
+        self._watch_host_process(proc, host_pid)
+
+    def _watch_host_process(self, proc: ProcessRecord, host_pid: int) -> None:
+        self._unwatch(proc)
+        if proc.exit.done():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            proc.host_watch = os.pidfd_open(host_pid)
+        except OSError:  # already gone (ESRCH), or no pidfd: nothing stands for it
+            log.warning("host PID %d of %s/%s is gone", host_pid, proc.cid, proc.exec_id or "init")
+            loop.call_soon(self._host_process_died, proc, host_pid)
+            return
+        loop.add_reader(proc.host_watch, self._host_process_died, proc, host_pid)
+        proc.exit.add_done_callback(lambda _f: self._unwatch(proc))
+
+    def _unwatch(self, proc: ProcessRecord) -> None:
+        if proc.host_watch < 0:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(proc.host_watch)
+        with contextlib.suppress(OSError):
+            os.close(proc.host_watch)
+        proc.host_watch = -1
+
+    def _host_process_died(self, proc: ProcessRecord, host_pid: int) -> None:
+        self._unwatch(proc)
+        if proc.exit.done():
+            return  # the usual order: the guest process exited, then its stub
+        what = f"{proc.cid}/{proc.exec_id or 'init'}"
+        log.warning("host PID %d standing for %s died: killing it in the guest", host_pid, what)
+
+        async def kill() -> None:
+            if self.state != SandboxState.READY or self.agent is None:
+                return
+            try:
+                await self.agent.signal_process(
+                    proc.cid, proc.exec_id, signal.SIGKILL, not proc.exec_id
+                )
+            except CocoonError as exc:
+                log.warning("could not kill %s: %s", what, exc)
+
+        task = asyncio.get_running_loop().create_task(kill())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
         self._process(cid, exec_id)
