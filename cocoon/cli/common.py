@@ -26,6 +26,15 @@ def paths_for(args: argparse.Namespace, cid: str) -> SandboxPaths:
     return SandboxPaths(runtime_root(args.root), validate_id(cid))
 
 
+def check_pid_file(path: str | None) -> None:
+    """Refuse a --pid-file that cannot be written, before anything is created."""
+    if not path:
+        return
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise InvalidArgument(f"--pid-file {path}: {parent} is not a directory")
+
+
 def parse_signal(value: str) -> int:
     """A signal by number or name (``9``, ``KILL``, ``SIGKILL``); raises InvalidArgument."""
     if value.isdigit():
@@ -109,6 +118,11 @@ def prepare_sandbox(
 
     paths = paths_for(args, args.id)
     bundle = load_bundle(args.bundle)
+    if getattr(args, "verb", "") in ("create", "run"):
+        from cocoon.oci.spec import require_process
+
+        require_process(bundle)
+        check_pid_file(getattr(args, "pid_file", None))
     check_terminal(bundle.terminal)
     from cocoon.errors import InvalidArgument
     from cocoon.oci.spec import vm_compatibility

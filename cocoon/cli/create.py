@@ -187,8 +187,11 @@ def write_pid_file(path: str | None, pid: int) -> None:
         return
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(str(pid))
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(str(pid))
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write --pid-file {path}", exc) from exc
 
 
 def create(args: argparse.Namespace, reporter: Reporter) -> int:

@@ -93,6 +93,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         stub.check_console_socket(args.console_socket)
     elif terminal and args.detach:
         raise InvalidArgument("cannot allocate a tty for a detached exec without --console-socket")
+    from cocoon.cli.common import check_pid_file
+
+    check_pid_file(args.pid_file)
     exec_id = f"exec-{secrets.token_hex(6)}"
     asyncio.run(_exec(paths, exec_id, proc))
     if args.detach:

@@ -39,6 +39,7 @@ def _default(args: argparse.Namespace, reporter: Reporter | None) -> tuple[Store
     from cocoon.assets import locate
     from cocoon.cli.common import effective_config, sandbox_settings, with_configured_files
     from cocoon.config.paths import assets_dir, cache_dir
+    from cocoon.factory.bound import Bound
     from cocoon.factory.key import PLACEHOLDER
     from cocoon.factory.store import Store
     from cocoon.hypervisor.accel import decide
@@ -65,7 +66,8 @@ def _default(args: argparse.Namespace, reporter: Reporter | None) -> tuple[Store
         console_log=PLACEHOLDER / "console.log",
         share=share,
     )
-    return Store(Path(settings.template_dir)), plan, settings.template
+    bound = Bound(settings.max_templates, settings.max_template_mib << 20)
+    return Store(Path(settings.template_dir), bound), plan, settings.template
 
 
 def _init(store: Store, plan: VMPlan, enabled: bool, reporter: Reporter) -> int:
@@ -86,7 +88,9 @@ def _init(store: Store, plan: VMPlan, enabled: bool, reporter: Reporter) -> int:
                 return tmpl, False
             if tmpl is not None:
                 store.remove(tmpl.dir)
-            return await build_template(store, plan, 120), True
+            made = await build_template(store, plan, 120)
+            store.enforce(keep=made.dir.name)  # an operator's template: others make room
+            return made, True
 
     started = time.monotonic()
     tmpl, made = asyncio.run(make())
@@ -102,7 +106,9 @@ def _status(store: Store, plan: VMPlan, enabled: bool) -> int:
     from rich.table import Table
 
     from cocoon.errors import CocoonError
+    from cocoon.factory.bound import usage
     from cocoon.factory.key import fingerprints, template_key
+    from cocoon.factory.store import disk_bytes
 
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:
@@ -114,21 +120,28 @@ def _status(store: Store, plan: VMPlan, enabled: bool) -> int:
     state = "enabled" if enabled else "disabled ([factory] enable_template = false)"
     console.print(f"VM templates: {state}; store {store.root}")
     dirs = store.all()
+    count, size = usage(store.entries())
+    b = store.bound
+    console.print(
+        f"store: {count} of at most {b.max_count} templates, "
+        f"{size / 2**20:.0f} of at most {b.max_bytes >> 20} MiB "
+        "([factory] max_templates, max_template_mib; least recently used evicted first)"
+    )
     if not dirs:
         console.print("no templates yet: the first sandbox makes one, or `cocoon factory init`")
         return 0
     table = Table(title_justify="left")
-    for col in ("", "key", "machine", "vCPU", "MiB", "made", "boot", "on disk", "status"):
+    cols = ("", "key", "machine", "vCPU", "MiB", "made", "last use", "boot", "on disk", "status")
+    for col in cols:
         table.add_column(col, no_wrap=True)
-    for tdir in dirs:
+    for tdir in reversed(dirs):  # most recently used first
         try:
             tmpl = store.load(tdir)
         except CocoonError as exc:
-            table.add_row("", tdir.name[:12], "", "", "", "", "", "", f"[red]{exc}[/]")
+            table.add_row("", tdir.name[:12], *[""] * 7, f"[red]{exc}[/]")
             continue
         m = tmpl.meta
         problem = store.problem(tmpl)
-        disk = sum(p.stat().st_blocks * 512 for p in tdir.iterdir())
         table.add_row(
             "[green]*[/]" if m.key == current else "",
             m.key[:12],
@@ -136,8 +149,9 @@ def _status(store: Store, plan: VMPlan, enabled: bool) -> int:
             str(m.vcpus),
             str(m.memory_mib),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(tdir.stat().st_mtime)),
             f"{m.boot_seconds:.1f} s",
-            f"{disk / 2**20:.0f} MiB",
+            f"{disk_bytes(tdir) / 2**20:.0f} MiB",
             f"[red]{problem}[/]" if problem else "[green]ok[/]",
         )
     console.print(table)

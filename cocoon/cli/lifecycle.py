@@ -115,8 +115,20 @@ def _delete(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Rep
     from cocoon.procutil import alive
     from cocoon.service.launch import force_cleanup, wait_service_exit
 
+    if args.force and not paths.dir.is_dir():
+        return 0  # as runc: forcing the delete of an unknown ID is a no-op
     with container_lock(paths.root, paths.id):
-        st = persist.load(paths)
+        try:
+            st = persist.load(paths)
+        except NotFound:
+            if not args.force:
+                raise
+            # A half-written state dir (a create that died): remove what is there.
+            left = force_cleanup(paths)
+            remove_lock(paths.root, paths.id)
+            if left:
+                raise CocoonError(f"could not remove {', '.join(left)}") from None
+            return 0
         status, pid = status_of(paths, st)
         if status in ("running", "paused") and not args.force:
             raise FailedPrecondition(

@@ -47,6 +47,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "COCOON_AGENT_TIMEOUT": ("agent", "dial_timeout"),
     "COCOON_ENABLE_TEMPLATE": ("factory", "enable_template"),
     "COCOON_TEMPLATE_PATH": ("factory", "template_path"),
+    "COCOON_MAX_TEMPLATES": ("factory", "max_templates"),
 }
 _LEGACY_SHARED_FS = {"9p": "virtio-9p", "virtiofs": "virtio-fs"}
 

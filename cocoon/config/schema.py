@@ -309,6 +309,23 @@ class FactoryConfig:
             annotatable=False,
         ),
     )
+    max_templates: int = field(
+        default=8,
+        metadata=_meta(
+            _int(1),
+            "Templates kept at most (least recently used evicted; when full, a new shape "
+            "gets one on its second use).",
+            annotatable=False,
+        ),
+    )
+    max_template_mib: int = field(
+        default=2048,
+        metadata=_meta(
+            _int(1, " (MiB)"),
+            "MiB of disk the templates may use at most (each is ~100+ MiB).",
+            annotatable=False,
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ class Settings:
     # VM templates (cocoon.factory): clone instead of booting, where possible.
     template: bool = False
     template_dir: str = ""
+    max_templates: int = 8  # the store's bound (cocoon.factory.bound)
+    max_template_mib: int = 2048
     internetworking_model: str = "tcfilter"  # "none": the VM gets no pod NIC
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +86,8 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         memory_slots=hv.memory_slots,
         template=config.factory.enable_template,
         template_dir=config.factory.template_path or DEFAULT_TEMPLATE_DIR,
+        max_templates=config.factory.max_templates,
+        max_template_mib=config.factory.max_template_mib,
         internetworking_model=config.runtime.internetworking_model,
     )
 

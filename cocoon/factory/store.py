@@ -4,8 +4,10 @@ Layout (root-only: the RAM file holds a whole guest's memory)::
 
     <root>/                 0700
       .lock                 flock held while a template is created or removed
+      .seen/<key[:32]>      shapes refused a template while the store was full
       factory.log           one line per template made or removed, and why
-      <key[:32]>/           0700, renamed into place only once complete
+      <key[:32]>/           0700, renamed into place only once complete; its
+                            mtime is the template's last use (LRU eviction)
         meta.json           TemplateMeta
         memory              guest RAM (sparse), 0400; clones map it private
         state               device state (x-ignore-shared), 0400
@@ -14,6 +16,9 @@ A template is immutable once in place, so readers need no lock. Before use it
 is checked (:meth:`Store.problem`): the files it was booted from are unchanged,
 the state file's SHA-256 matches and the RAM file's inode, size and ctime are
 those recorded when it was saved (ctime cannot be set back, so any write shows).
+
+The store is bounded (count and bytes, :mod:`cocoon.factory.bound`): each use
+touches the template's directory, and the least recently used go first.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cocoon.errors import CocoonError
+from cocoon.factory.bound import Bound, Entry, trim
 from cocoon.factory.key import Shape, fingerprint
 
 DEFAULT_ROOT = Path("/var/lib/cocoon/templates")
@@ -38,6 +44,9 @@ META = "meta.json"
 MEMORY = "memory"
 STATE = "state"
 LOG_LIMIT = 1 << 20
+SEEN = ".seen"
+SEEN_LIMIT = 256  # refused shapes remembered
+DEFAULT_BOUND = Bound(8, 2048 << 20)
 
 
 @dataclass
@@ -83,9 +92,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def disk_bytes(tdir: Path) -> int:
+    """Bytes a template takes on disk (allocated blocks: its RAM file is sparse)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for p in tdir.iterdir():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_blocks * 512
+    return total
+
+
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bound: Bound = DEFAULT_BOUND) -> None:
         self.root = root
+        self.bound = bound
 
     def dir_for(self, key: str) -> Path:
         return self.root / key[:32]
@@ -117,6 +137,53 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted(dirs, key=lambda p: p.stat().st_mtime)
+
+    def entries(self) -> list[Entry]:
+        """Every template with its size on disk and its last use (for the bound)."""
+        out = []
+        for tdir in self.all():
+            with contextlib.suppress(OSError):
+                out.append(Entry(tdir.name, disk_bytes(tdir), tdir.stat().st_mtime))
+        return out
+
+    def touch(self, tdir: Path) -> None:
+        """Record a use of the template (its directory's mtime); no lock needed."""
+        with contextlib.suppress(OSError):
+            os.utime(tdir)
+
+    def seen(self, key: str) -> bool:
+        """Whether this shape was refused a template before (see cocoon.factory.bound)."""
+        return (self.root / SEEN / key[:32]).exists()
+
+    def remember(self, key: str) -> None:
+        """Note a shape refused a template (the store was full); the oldest are forgotten."""
+        seen = self.root / SEEN
+        with contextlib.suppress(OSError):
+            seen.mkdir(mode=0o700, exist_ok=True)
+            (seen / key[:32]).touch()
+            marks = sorted(seen.iterdir(), key=lambda p: p.stat().st_mtime)
+            for old in marks[:-SEEN_LIMIT]:
+                old.unlink()
+
+    def forget(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / SEEN / key[:32]).unlink()
+
+    def evict(self, names: list[str], why: str) -> None:
+        """Remove these templates (call under the lock), one log line each."""
+        for name in names:
+            self.remove(self.root / name)
+            self.record(f"removed template {name[:12]}: {why}")
+
+    def enforce(self, keep: str = "") -> list[str]:
+        """Evict the least recently used until the store fits its bound (under the lock).
+
+        ``keep`` (the template just made) is never evicted for another; the
+        names removed are returned.
+        """
+        names = trim(self.entries(), self.bound, keep)
+        self.evict(names, f"least recently used, over the bound ({self.bound.describe()})")
+        return names
 
     def problem(self, tmpl: Template) -> str:
         """Why ``tmpl`` must not be used ("" when it is sound)."""
@@ -201,6 +268,7 @@ class Store:
         if target.exists():
             self.remove(target)
         os.rename(work, target)
+        self.touch(target)
         return Template(target, meta)
 
     def prune_stale(self) -> list[str]:

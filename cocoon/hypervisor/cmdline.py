@@ -8,6 +8,7 @@ it is a 9p device the guest mounts only when told to).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,20 @@ BASE_KERNEL_PARAMS = (
 SHARE_TAG = "cocoon"
 MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
 MACHINES = ("pc", "microvm")
+# Host CPU flags the guest's emulated CPU offers too, when the host has them:
+# pdpe1gb gives the guest 1 GiB pages, so hugetlb limits of both sizes apply.
+GUEST_CPU_FLAGS = ("pdpe1gb",)
+
+
+@functools.cache
+def host_cpu_features(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """Which of :data:`GUEST_CPU_FLAGS` the host CPU has (read once per process)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return ()
+    return tuple(f for f in GUEST_CPU_FLAGS if f in flags)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ class VMPlan:
     memory_shared: bool = False
     incoming: bool = False
     nics: tuple[NicArg, ...] = ()
+    # Extra flags of the emulated CPU (TCG); part of the argv, so of a template's key.
+    cpu_features: tuple[str, ...] = field(default_factory=host_cpu_features)
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -111,7 +128,8 @@ def _cpu(plan: VMPlan) -> str:
         return "host"
     # qemu64 lacks ARAT, so a microvm guest (no HPET) keeps a 250 Hz periodic
     # tick: 3-6 % of a host core per idle VM; TCG implements ARAT (measured).
-    return "qemu64,+arat" if plan.machine == "microvm" else "qemu64"
+    flags = ("arat",) if plan.machine == "microvm" else ()
+    return ",".join(["qemu64", *(f"+{f}" for f in (*flags, *plan.cpu_features))])
 
 
 def build_argv(plan: VMPlan) -> list[str]:

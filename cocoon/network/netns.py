@@ -51,7 +51,10 @@ class Inhabitant:
 def choose(spec: dict[str, Any]) -> Choice:
     """What the spec asks for; raises InvalidArgument on a malformed entry."""
     linux = spec.get("linux") or {}
-    for ns in linux.get("namespaces") or []:
+    namespaces = linux.get("namespaces") or []
+    if not isinstance(namespaces, list) or not all(isinstance(n, dict) for n in namespaces):
+        raise InvalidArgument("linux.namespaces must be a list of objects")
+    for ns in namespaces:
         if ns.get("type") != "network":
             continue
         path = ns.get("path") or ""

@@ -116,6 +116,18 @@ def validate_spec(spec: Any, config: Path) -> None:
     _require(isinstance(linux, dict), config, "linux must be an object")
 
 
+def require_process(bundle: Bundle) -> None:
+    """``create`` and ``run`` need a process to run (runc refuses a spec without one).
+
+    Checked on the host, before any VM boots; raises InvalidArgument.
+    """
+    _require(
+        isinstance(bundle.spec.get("process"), dict),
+        bundle.path / "config.json",
+        "process is required to create or run a container",
+    )
+
+
 def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     """What a VM runtime cannot honour: (errors naming the field, warnings).
 
@@ -146,4 +158,7 @@ def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
         warnings.append("process.apparmorProfile is ignored: the guest runs no AppArmor")
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         warnings.append("SELinux labels are ignored: the guest runs no SELinux")
+    from cocoon.oci.guestcg import guest_resources
+
+    warnings += guest_resources(linux.get("resources"))[1]
     return errors, warnings

@@ -34,13 +34,15 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument
+from cocoon.resources.hostlimits import HostLimits
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+HUGEPAGES_DIR = Path("/sys/kernel/mm/hugepages")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 DEFAULT_PARENT = "/cocoon"
 MIB = 1024 * 1024
@@ -82,11 +84,17 @@ class Hierarchy:
 
 @dataclass(frozen=True)
 class Layout:
-    """The host's cgroup layout. ``mode`` is ``"v2"`` (one hierarchy) or ``"v1"``."""
+    """The host's cgroup layout. ``mode`` is ``"v2"`` (one hierarchy) or ``"v1"``.
+
+    ``unified``: in v1 mode, the hybrid cgroup2 mount (``<root>/unified``) when it has
+    controllers of its own (hugetlb on these hosts); joined only for limits it alone holds.
+    """
 
     mode: str
     root: str
     hierarchies: tuple[Hierarchy, ...]
+    unified: Hierarchy | None = None
+    hugepage_sizes: tuple[str, ...] = ()  # as hugetlb files name them: "2MB", "1GB"
 
 
 def _listdir(path: Path) -> frozenset[str]:
@@ -96,19 +104,44 @@ def _listdir(path: Path) -> frozenset[str]:
         return frozenset()
 
 
-def detect_layout(root: Path = CGROUP_ROOT) -> Layout:
+def hugepage_sizes(hugepages_dir: Path = HUGEPAGES_DIR) -> tuple[str, ...]:
+    """The host's huge page sizes, named as the hugetlb controller's files name them."""
+    sizes = []
+    for name in sorted(_listdir(hugepages_dir)):
+        kb_text = name.removeprefix("hugepages-").removesuffix("kB")
+        if not kb_text.isdigit():
+            continue
+        kb = int(kb_text)
+        if kb >= 1 << 20 and kb % (1 << 20) == 0:
+            sizes.append(f"{kb >> 20}GB")
+        elif kb >= 1 << 10 and kb % (1 << 10) == 0:
+            sizes.append(f"{kb >> 10}MB")
+        else:
+            sizes.append(f"{kb}KB")
+    return tuple(sizes)
+
+
+def detect_layout(root: Path = CGROUP_ROOT, hugepages_dir: Path = HUGEPAGES_DIR) -> Layout:
     """Read the cgroup layout under ``root`` (only reads; no change to the host)."""
     root = Path(root)
+    sizes = hugepage_sizes(hugepages_dir)
     controllers_file = root / "cgroup.controllers"
     if controllers_file.exists():
         available = tuple(controllers_file.read_text().split())
-        return Layout("v2", str(root), (Hierarchy(str(root), available, _listdir(root)),))
+        hierarchy = Hierarchy(str(root), available, _listdir(root))
+        return Layout("v2", str(root), (hierarchy,), hugepage_sizes=sizes)
     hierarchies: list[Hierarchy] = []
+    unified: Hierarchy | None = None
     try:
         entries = sorted(root.iterdir())
     except OSError as exc:
         raise FailedPrecondition(f"cannot read the cgroup layout under {root}", exc) from exc
     for entry in entries:
+        if entry.name == "unified" and (entry / "cgroup.controllers").is_file():
+            names = tuple((entry / "cgroup.controllers").read_text().split())
+            if names:
+                unified = Hierarchy(str(entry), names, _listdir(entry))
+            continue
         # Symlinks such as cpu -> cpu,cpuacct alias a hierarchy listed under its own name.
         if entry.is_symlink() or not entry.is_dir():
             continue
@@ -119,7 +152,7 @@ def detect_layout(root: Path = CGROUP_ROOT) -> Layout:
         if "cgroup.procs" not in files:
             continue  # an empty directory, not a mounted hierarchy
         hierarchies.append(Hierarchy(str(entry), names, files))
-    return Layout("v1", str(root), tuple(hierarchies))
+    return Layout("v1", str(root), tuple(hierarchies), unified, sizes)
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -270,15 +303,22 @@ def build_plan(
     own: dict[str, str] | None = None,
     cpu_shares: int | None = None,
     blkio_weight: int | None = None,
+    limits: HostLimits | None = None,
 ) -> CgroupPlan:
     """Compute the plan (pure). ``own``: :func:`parse_proc_cgroup` of the runtime, needed
-    for a relative ``cgroups_path`` only.
+    for a relative ``cgroups_path`` only. ``limits``: everything but memory
+    (``cpu_shares``/``blkio_weight``, when given, override its fields).
     """
     absolute, parts = parse_cgroups_path(cgroups_path)
     if memory_bytes <= 0:
         raise InvalidArgument(f"memory limit {memory_bytes} must be positive")
-    _check_range("cpu shares", cpu_shares, CPU_SHARES_RANGE)
-    _check_range("blkio weight", blkio_weight, BLKIO_WEIGHT_RANGE)
+    limits = limits or HostLimits()
+    if cpu_shares is not None:
+        limits = replace(limits, cpu_shares=cpu_shares)
+    if blkio_weight is not None:
+        limits = replace(limits, blkio_weight=blkio_weight)
+    _check_range("cpu shares", limits.cpu_shares, CPU_SHARES_RANGE)
+    _check_range("blkio weight", limits.blkio_weight, BLKIO_WEIGHT_RANGE)
     if not absolute and own is None:
         raise ValueError("a relative cgroupsPath needs the runtime's own cgroup")
     if not layout.hierarchies:
@@ -301,17 +341,13 @@ def build_plan(
         mode=layout.mode, root=layout.root, cgroups_path=cgroups_path, leaves=[], mkdirs=[]
     )
     if layout.mode == "v2":
-        _plan_v2(
-            plan,
-            layout.hierarchies[0],
-            base_parts(""),
-            parts,
-            memory_bytes,
-            cpu_shares,
-            blkio_weight,
-        )
+        h = layout.hierarchies[0]
+        _plan_v2(plan, h, layout.hugepage_sizes, base_parts(""), parts, memory_bytes, limits)
     else:
-        _plan_v1(plan, layout, base_parts, parts, memory_bytes, cpu_shares, blkio_weight)
+        _plan_v1(plan, layout, base_parts, parts, memory_bytes, limits)
+        if limits.hugetlb and not any("hugetlb" in h.controllers for h in layout.hierarchies):
+            _plan_hybrid_hugetlb(plan, layout, base_parts(""), parts, limits)
+    plan.skipped.extend(limits.notes)
     return plan
 
 
@@ -322,11 +358,11 @@ def _dirs(mount: str, components: list[str]) -> list[str]:
 def _plan_v2(
     plan: CgroupPlan,
     h: Hierarchy,
+    sizes: tuple[str, ...],
     base: list[str],
     parts: list[str],
     memory_bytes: int,
-    cpu_shares: int | None,
-    blkio_weight: int | None,
+    limits: HostLimits,
 ) -> None:
     if "memory" not in h.controllers:
         raise FailedPrecondition(f"the memory controller is not available in {h.mount}")
@@ -335,29 +371,79 @@ def _plan_v2(
     plan.leaves.append(leaf)
     plan.mkdirs.extend(chain)
     enable = ["memory"]
-    if cpu_shares is not None:
-        if "cpu" in h.controllers:
-            enable.append("cpu")
-        else:
-            plan.skipped.append("cpu weight: no cpu controller")
-    if blkio_weight is not None:
-        if "io" in h.controllers:
-            enable.append("io")
-        else:
-            plan.skipped.append("io weight: no io controller")
+
+    def want(controller: str, what: str) -> bool:
+        if controller in h.controllers:
+            if controller not in enable:
+                enable.append(controller)
+            return True
+        plan.skipped.append(f"{what}: no {controller} controller")
+        return False
+
+    cpu = limits.cpu_shares is not None and want("cpu", "cpu weight")
+    quota = limits.cpu_quota is not None and want("cpu", "cpu quota")
+    io = limits.blkio_weight is not None and want("io", "io weight")
+    cpuset = (limits.cpuset_cpus or limits.cpuset_mems) is not None and want("cpuset", "cpuset")
+    hugetlb = bool(limits.hugetlb) and want("hugetlb", "hugetlb limits")
+    if limits.devices is not None:
+        plan.skipped.append("device rules: cgroup v2 needs an eBPF program, not applied")
     value = " ".join(f"+{c}" for c in enable)
     for parent in [h.mount, *chain[:-1]]:
         plan.writes.append(Write(posixpath.join(parent, "cgroup.subtree_control"), value))
     plan.writes.append(Write(posixpath.join(leaf, "memory.max"), str(memory_bytes)))
-    if cpu_shares is not None and "cpu" in enable:
-        plan.writes.append(
-            Write(posixpath.join(leaf, "cpu.weight"), str(_v2_cpu_weight(cpu_shares)))
-        )
-    if blkio_weight is not None and "io" in enable:
+    if cpu:
+        assert limits.cpu_shares is not None
+        weight = str(_v2_cpu_weight(limits.cpu_shares))
+        plan.writes.append(Write(posixpath.join(leaf, "cpu.weight"), weight))
+    if quota:
+        value = f"{limits.cpu_quota} {limits.cpu_period}"
+        plan.writes.append(Write(posixpath.join(leaf, "cpu.max"), value))
+    if io:
+        assert limits.blkio_weight is not None
         # io.weight needs the iocost or BFQ controller; skipped at apply time when absent.
-        plan.writes.append(
-            Write(posixpath.join(leaf, "io.weight"), str(_v2_io_weight(blkio_weight)), True)
-        )
+        weight = str(_v2_io_weight(limits.blkio_weight))
+        plan.writes.append(Write(posixpath.join(leaf, "io.weight"), weight, True))
+    if cpuset:
+        _cpuset_writes(plan, leaf, limits)
+    if hugetlb:
+        _hugetlb_writes(plan, sizes, leaf, limits, "max")
+
+
+def _cpuset_writes(plan: CgroupPlan, leaf: str, limits: HostLimits) -> None:
+    if limits.cpuset_cpus:
+        plan.writes.append(Write(posixpath.join(leaf, "cpuset.cpus"), limits.cpuset_cpus))
+    if limits.cpuset_mems:
+        plan.writes.append(Write(posixpath.join(leaf, "cpuset.mems"), limits.cpuset_mems))
+
+
+def _hugetlb_writes(
+    plan: CgroupPlan, sizes: tuple[str, ...], leaf: str, limits: HostLimits, suffix: str
+) -> None:
+    for size, limit in limits.hugetlb:
+        if size in sizes:
+            plan.writes.append(Write(posixpath.join(leaf, f"hugetlb.{size}.{suffix}"), str(limit)))
+        else:
+            plan.skipped.append(f"hugetlb {size}: the host has no {size} pages")
+
+
+def _plan_hybrid_hugetlb(
+    plan: CgroupPlan,
+    layout: Layout,
+    base: list[str],
+    parts: list[str],
+    limits: HostLimits,
+) -> None:
+    """hugetlb lives in the hybrid cgroup2 mount here (no v1 hierarchy has it): join it."""
+    unified, sizes = layout.unified, layout.hugepage_sizes
+    if unified is None or "hugetlb" not in unified.controllers:
+        plan.skipped.append("hugetlb limits: no hugetlb controller on this host")
+        return
+    chain = _dirs(unified.mount, base + parts)
+    plan.leaves.append(chain[-1])
+    plan.mkdirs.extend(chain)
+    for parent in [unified.mount, *chain[:-1]]:
+        plan.writes.append(Write(posixpath.join(parent, "cgroup.subtree_control"), "+hugetlb"))
+    _hugetlb_writes(plan, sizes, chain[-1], limits, "max")
 
 
 def _plan_v1(
@@ -366,8 +452,7 @@ def _plan_v1(
     base_parts: Callable[[str], list[str]],
     parts: list[str],
     memory_bytes: int,
-    cpu_shares: int | None,
-    blkio_weight: int | None,
+    limits: HostLimits,
 ) -> None:
     by_controller = {c: h for h in layout.hierarchies for c in h.controllers}
     memory = by_controller.get("memory")
@@ -380,29 +465,55 @@ def _plan_v1(
         plan.leaves.append(chain[-1])
         plan.mkdirs.extend(chain)
         if "cpuset" in h.controllers and "cpuset.cpus" in h.files:
-            for d in chain:
-                plan.inherit.append(posixpath.join(d, "cpuset.cpus"))
-                plan.inherit.append(posixpath.join(d, "cpuset.mems"))
+            for cg in chain:
+                plan.inherit.append(posixpath.join(cg, "cpuset.cpus"))
+                plan.inherit.append(posixpath.join(cg, "cpuset.mems"))
+
+    def leaf(controller: str, needs: str, what: str) -> str | None:
+        h = by_controller.get(controller)
+        if h is not None and needs in h.files:
+            return leaf_of[h.mount]
+        plan.skipped.append(f"{what}: no {needs} on this host")
+        return None
+
     plan.writes.append(
         Write(posixpath.join(leaf_of[memory.mount], "memory.limit_in_bytes"), str(memory_bytes))
     )
-    if cpu_shares is not None:
-        cpu = by_controller.get("cpu")
-        if cpu is not None and "cpu.shares" in cpu.files:
-            plan.writes.append(
-                Write(posixpath.join(leaf_of[cpu.mount], "cpu.shares"), str(cpu_shares))
-            )
-        else:
-            plan.skipped.append("cpu shares: no cpu.shares on this host")
-    if blkio_weight is not None:
+    if limits.cpu_shares is not None:
+        d = leaf("cpu", "cpu.shares", "cpu shares")
+        if d is not None:
+            plan.writes.append(Write(posixpath.join(d, "cpu.shares"), str(limits.cpu_shares)))
+    if limits.cpu_quota is not None:
+        d = leaf("cpu", "cpu.cfs_quota_us", "cpu quota")
+        if d is not None:
+            # The period first: a fresh cgroup's quota is -1, so any order is accepted.
+            period, quota = str(limits.cpu_period), str(limits.cpu_quota)
+            plan.writes.append(Write(posixpath.join(d, "cpu.cfs_period_us"), period))
+            plan.writes.append(Write(posixpath.join(d, "cpu.cfs_quota_us"), quota))
+    if limits.blkio_weight is not None:
         blkio = by_controller.get("blkio")
         name = next(
             (f for f in ("blkio.weight", "blkio.bfq.weight") if blkio and f in blkio.files), None
         )
         if blkio is not None and name is not None:
-            plan.writes.append(Write(posixpath.join(leaf_of[blkio.mount], name), str(blkio_weight)))
+            weight = str(limits.blkio_weight)
+            plan.writes.append(Write(posixpath.join(leaf_of[blkio.mount], name), weight))
         else:
             plan.skipped.append("blkio weight: no blkio.weight or blkio.bfq.weight on this host")
+    if limits.cpuset_cpus or limits.cpuset_mems:
+        d = leaf("cpuset", "cpuset.cpus", "cpuset")
+        if d is not None:
+            _cpuset_writes(plan, d, limits)
+    hugetlb = by_controller.get("hugetlb")
+    if limits.hugetlb and hugetlb is not None:
+        leaf_dir = leaf_of[hugetlb.mount]
+        _hugetlb_writes(plan, layout.hugepage_sizes, leaf_dir, limits, "limit_in_bytes")
+    if limits.devices is not None:
+        d = leaf("devices", "devices.allow", "device rules")
+        if d is not None:
+            for rule in limits.devices:
+                name = "devices.allow" if rule.allow else "devices.deny"
+                plan.writes.append(Write(posixpath.join(d, name), rule.v1_line()))
 
 
 def default_cgroups_path(container_id: str, parent: str = DEFAULT_PARENT) -> str:
@@ -418,8 +529,10 @@ def plan_from_spec(
     *,
     cpu_shares: int | None = None,
     blkio_weight: int | None = None,
+    limits: HostLimits | None = None,
     default_parent: str | None = None,
     proc_self_cgroup: Path = PROC_SELF_CGROUP,
+    hugepages_dir: Path = HUGEPAGES_DIR,
 ) -> CgroupPlan | None:
     """The plan for a container's VMM: memory limit = (guest + overhead) MiB.
 
@@ -440,12 +553,13 @@ def plan_from_spec(
     absolute, _ = parse_cgroups_path(cgroups_path)
     own = None if absolute else parse_proc_cgroup(Path(proc_self_cgroup).read_text())
     return build_plan(
-        detect_layout(root),
+        detect_layout(root, hugepages_dir),
         cgroups_path,
         (memory_mib + overhead_mib) * MIB,
         own=own,
         cpu_shares=cpu_shares,
         blkio_weight=blkio_weight,
+        limits=limits,
     )
 
 
@@ -511,6 +625,43 @@ def apply(plan: CgroupPlan, pids: list[int]) -> list[str]:
     for pid in pids:
         add_pid(plan, pid)
     return list(plan.created)
+
+
+# Files an update leaves alone: memory is guest + overhead (it follows the VM's
+# growth, not a container limit); device rules are append-only lists fixed at create.
+_NOT_UPDATED = ("memory.", "devices.")
+
+
+def update_writes(old: CgroupPlan, new: CgroupPlan) -> tuple[list[Write], list[str]]:
+    """The writes that turn ``old``'s limits into ``new``'s, and what cannot change.
+
+    Only files in ``old``'s cgroups can be written: a controller the container had
+    no limit for at create has no cgroup of this VM to write (noted, not fatal).
+    """
+    before = {w.path: w.value for w in old.writes}
+    leaves = set(old.leaves)
+    writes: list[Write] = []
+    notes: list[str] = []
+    for w in new.writes:
+        name = posixpath.basename(w.path)
+        if before.get(w.path) == w.value or name.startswith(_NOT_UPDATED):
+            continue
+        if posixpath.dirname(w.path) not in leaves:
+            notes.append(f"{name}: no host cgroup of this controller was made at create")
+            continue
+        writes.append(w)
+    return writes, notes
+
+
+def write_all(writes: list[Write]) -> None:
+    """Apply ``writes`` in order; CocoonError naming the first that fails."""
+    for w in writes:
+        if w.optional and not os.path.exists(w.path):
+            continue
+        try:
+            _write(w.path, w.value)
+        except OSError as exc:
+            raise CocoonError(f"cannot write {w.value} to {w.path}", exc) from exc
 
 
 def add_pid(plan: CgroupPlan, pid: int) -> None:

@@ -40,6 +40,7 @@ MAX_MEMORY_BYTES = 1 << 50  # 1 PiB: more is absurd
 # cgroup "no limit" values some engines write instead of leaving the field out.
 UNLIMITED_MEMORY = (1 << 63) - 4096  # PAGE_COUNTER_MAX * 4096, cgroup v1's "max"
 MIN_PERIOD, MAX_PERIOD = 1000, 1_000_000  # the kernel's cpu.max period range (us)
+DEFAULT_CPU_PERIOD = 100_000  # the kernel's cfs_period_us default (us)
 MAX_SHARES = 262144
 
 SANDBOX_CPU_QUOTA = "io.kubernetes.cri.sandbox-cpu-quota"
@@ -207,6 +208,37 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidArgument(f"{field}: expected an object, got {value!r}")
     return value
+
+
+def overlay_resources(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``update``'s LinuxResources ``new`` laid over ``old``, as runc does.
+
+    A section given as an object (cpu, memory, blockIO, pids) changes only the keys it
+    names; anything else given (hugepageLimits, devices, ...) replaces the old value.
+    """
+    out = dict(old)
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def updated_workload(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], Workload]:
+    """The resources after an ``update`` and the workload they make.
+
+    A quota given alone keeps the period in force (the spec's, else the kernel's
+    default), as ``runc update --cpu-quota`` does.
+    """
+    merged = overlay_resources(old, new)
+    counted = merged
+    cpu = merged.get("cpu")
+    if isinstance(cpu, Mapping) and cpu.get("quota") and not cpu.get("period"):
+        counted = {**merged, "cpu": {**cpu, "period": DEFAULT_CPU_PERIOD}}
+    return merged, resources_workload(counted, "resources")
 
 
 def resources_workload(

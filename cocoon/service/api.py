@@ -63,7 +63,8 @@ class ServiceAPI:
 
     async def State(self, req: s.ContainerRef) -> s.ContainerStatus:
         ctr = self.sandbox.get(req.container_id)
-        pid = ctr.host_pids.get("", 0)
+        # runc's rule: a stopped container has no PID (whichever way it stopped).
+        pid = 0 if ctr.status == "stopped" else ctr.host_pids.get("", 0)
         return s.ContainerStatus(
             ctr.id,
             ctr.status,

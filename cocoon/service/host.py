@@ -16,7 +16,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cocoon.assets import GuestAssets
 from cocoon.config.settings import Settings
@@ -60,7 +60,8 @@ def join_cgroup(state: persist.SandboxState) -> HostCgroup:
 
     spec = json.loads((Path(state.bundle) / "config.json").read_text())
     settings = Settings.from_dict(state.settings)
-    cg = HostCgroup(plan_for(spec, state.id, settings.memory_mib, settings.host_overhead_mib))
+    plan = plan_for(spec, state.id, settings.memory_mib, settings.host_overhead_mib)
+    cg = HostCgroup(plan, spec, state.id)
     cg.join()
     return cg
 
@@ -89,6 +90,14 @@ def build_sandbox(
             host_cg.set_memory(guest_mib, settings.host_overhead_mib)
 
         sandbox.on_memory_growth = grow
+
+        def update(_cid: str, resources: dict[str, Any]) -> None:
+            # The VM's host cgroup is one container's only in a sandbox of one; a
+            # pod's is the pod's (kubelet sizes it), not any member's.
+            if len(sandbox.containers) == 1:
+                host_cg.update_limits(resources, sandbox.memory_mib)
+
+        sandbox.on_resources_update = update
     return sandbox
 
 

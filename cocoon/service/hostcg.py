@@ -17,7 +17,7 @@ import os
 import posixpath
 from typing import Any
 
-from cocoon.errors import CocoonError
+from cocoon.errors import CocoonError, InvalidArgument
 from cocoon.resources import hostcgroup as hc
 
 log = logging.getLogger("cocoon.cgroup")
@@ -25,21 +25,26 @@ DEFAULT_PARENT = "cocoon"  # relative: below the runtime's own cgroup, as runc d
 
 
 def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int) -> hc.CgroupPlan:
-    """The plan for a container; raises InvalidArgument for a path we cannot honour."""
+    """The plan for a container; raises InvalidArgument for a path or limit we cannot honour.
+
+    Which limits land here, and why: :mod:`cocoon.resources.hostlimits`. The block-I/O
+    weight is the pod's share of the host's disks among other pods; it and anything
+    else this host lacks is skipped, with a warning in the service log.
+    """
+    from cocoon.resources.hostlimits import from_spec
+
     linux = spec.get("linux") or {}
+    if not isinstance(linux, dict):
+        raise InvalidArgument("linux must be an object")
     cgroups_path = linux.get("cgroupsPath") or None
-    resources = linux.get("resources") or {}
-    shares = (resources.get("cpu") or {}).get("shares")
-    weight = (resources.get("blockIO") or {}).get("weight")
+    if cgroups_path is not None and not isinstance(cgroups_path, str):
+        raise InvalidArgument("linux.cgroupsPath must be a string")
     plan = hc.plan_from_spec(
         cgroups_path,
         cid,
         memory_mib,
         overhead_mib,
-        cpu_shares=shares if isinstance(shares, int) and shares > 0 else None,
-        # The pod's share of the host's disks among other pods; skipped (with a
-        # warning in the service log) where the host has no blkio/io weight file.
-        blkio_weight=weight if isinstance(weight, int) and weight > 0 else None,
+        limits=from_spec(spec),
         default_parent=DEFAULT_PARENT,
     )
     assert plan is not None  # a default parent always gives a plan
@@ -51,10 +56,11 @@ def _origins(plan: hc.CgroupPlan) -> dict[str, str]:
     layout = hc.detect_layout(hc.CGROUP_ROOT)
     own = hc.parse_proc_cgroup(hc.PROC_SELF_CGROUP.read_text())
     out: dict[str, str] = {}
+    hierarchies = [*layout.hierarchies, *([layout.unified] if layout.unified else [])]
     for leaf in plan.leaves:
-        for h in layout.hierarchies:
+        for h in hierarchies:
             if leaf == h.mount or leaf.startswith(h.mount + "/"):
-                key = "" if layout.mode == "v2" else h.controllers[0]
+                key = "" if layout.mode == "v2" or h is layout.unified else h.controllers[0]
                 if key in own:
                     out[leaf] = posixpath.join(h.mount, own[key].lstrip("/"))
                 break
@@ -62,8 +68,12 @@ def _origins(plan: hc.CgroupPlan) -> dict[str, str]:
 
 
 class HostCgroup:
-    def __init__(self, plan: hc.CgroupPlan) -> None:
+    def __init__(
+        self, plan: hc.CgroupPlan, spec: dict[str, Any] | None = None, sandbox_id: str = ""
+    ) -> None:
         self.plan = plan
+        self.spec = spec  # the spec the plan came from (for update)
+        self.sandbox_id = sandbox_id
         self.origins: dict[str, str] = {}
 
     def join(self) -> None:
@@ -71,7 +81,7 @@ class HostCgroup:
         self.origins = _origins(self.plan)
         hc.apply(self.plan, [os.getpid()])
         if self.plan.skipped:
-            log.warning("host cgroup limits not available here: %s", ", ".join(self.plan.skipped))
+            log.warning("host cgroup: %s", "; ".join(self.plan.skipped))
 
     def set_memory(self, guest_mib: int, overhead_mib: int) -> None:
         """Raise the memory limit for a guest that grows (hotplug)."""
@@ -87,6 +97,27 @@ class HostCgroup:
                 w = hc.Write(w.path, value, w.optional)
             writes.append(w)
         self.plan.writes = writes
+
+    def update_limits(self, resources: dict[str, Any], guest_mib: int) -> None:
+        """Carry an ``update`` of the sandbox's container to the VM's host cgroup.
+
+        The limits that land on the host (CPU quota/period and shares, cpuset,
+        hugetlb, block-I/O weight) are recomputed from the spec with ``resources``
+        laid over it and only the files that change are written.
+        """
+        if self.spec is None:
+            return
+        from cocoon.resources.hostlimits import updated_spec
+
+        spec = updated_spec(self.spec, resources)
+        new = plan_for(spec, self.sandbox_id, guest_mib, 0)
+        writes, notes = hc.update_writes(self.plan, new)
+        hc.write_all(writes)
+        for note in notes:
+            log.warning("host cgroup update: %s", note)
+        done = {w.path: w for w in writes}
+        self.plan.writes = [done.pop(w.path, w) for w in self.plan.writes] + list(done.values())
+        self.spec = spec
 
     def add(self, pid: int) -> None:
         hc.add_pid(self.plan, pid)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -36,12 +37,13 @@ from cocoon.hypervisor.cmdline import MEMORY_BLOCK_MIB, SHARE_TAG, SharePlan, VM
 from cocoon.hypervisor.plan import vm_plan
 from cocoon.hypervisor.qemu import QemuVM, describe_exit
 from cocoon.network.pod import PodNetwork
+from cocoon.oci.ids import validate_exec_id, validate_id
 from cocoon.oci.spec import load_bundle
 from cocoon.resources.sizing import (
     Workload,
     container_workload,
     dynamic_size,
-    resources_workload,
+    updated_workload,
 )
 from cocoon.service import persist
 from cocoon.service.stdio import Relays
@@ -54,6 +56,29 @@ IO_DRAIN_TIMEOUT = 5.0
 # A clone's agent answers ~0.3 s after restore (a few seconds on a loaded host);
 # far later means the template is broken, and it is removed.
 CLONE_AGENT_TIMEOUT = 15.0
+
+
+def _last_lines(path: Path, n: int, limit: int = 400) -> str:
+    """The last ``n`` non-empty lines of a log, joined into one line; the kernel's
+    panic line instead when there is one (a panic ends in a stack dump). The guest
+    wrote the console: control characters are dropped and the length is capped."""
+    import re
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [
+        re.sub(r"^\[\s*\d+\.\d+\]\s*", "", "".join(c for c in ln if c.isprintable())).strip()
+        for ln in text.splitlines()
+    ]
+    lines = [ln for ln in lines if ln]
+    panic = [ln for ln in lines if ln.startswith("Kernel panic")]
+    out = panic[-1] if panic else " | ".join(lines[-n:])
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 class SandboxState(enum.Enum):
@@ -72,6 +97,7 @@ class ProcessRecord:
     exit: asyncio.Future[tuple[int, int]]
     relays: Relays | None = None
     waiter: asyncio.Task[None] | None = None
+    host_watch: int = -1  # pidfd of the host process standing for it (the stub)
 
 
 @dataclass
@@ -85,6 +111,7 @@ class ContainerRecord:
     host_pids: dict[str, int] = field(default_factory=dict)  # exec id ("" = init) → stub
     terminal: bool = False
     workload: Workload = field(default_factory=Workload)  # what dynamic sizing counts
+    resources: dict[str, Any] = field(default_factory=dict)  # linux.resources, as updated
 
 
 class Sandbox:
@@ -110,6 +137,8 @@ class Sandbox:
         self.on_host_process: Callable[[int], None] | None = None
         # Called with the guest's new memory (MiB) before it grows (the host limit).
         self.on_memory_growth: Callable[[int], None] | None = None
+        # Called after an update reached the guest: the host cgroup's share of it.
+        self.on_resources_update: Callable[[str, dict[str, Any]], None] | None = None
         self.vcpus = settings.vcpus
         self.memory_mib = settings.memory_mib
         self._dimms = 0
@@ -241,10 +270,12 @@ class Sandbox:
 
     async def _start_clone(self, plan: VMPlan) -> bool:
         """Start as a clone of a template; False (logged, maybe a warning) means cold boot."""
+        from cocoon.factory.bound import Bound
         from cocoon.factory.choose import choose
         from cocoon.factory.store import Store
 
-        store = Store(Path(self.settings.template_dir))
+        s = self.settings
+        store = Store(Path(s.template_dir), Bound(s.max_templates, s.max_template_mib << 20))
         choice = await choose(store, plan, create=True, boot_timeout=self.settings.agent_timeout)
         self._mark("template_chosen")
         if choice.template is None:
@@ -291,18 +322,38 @@ class Sandbox:
         return out
 
     async def _connect_agent(self, timeout: float) -> AgentClient:
+        """The agent's client once it answers; if QEMU exits first (a guest that
+        panicked, QEMU that failed), Unavailable with QEMU's exit and the console's
+        last lines, not the broken socket that was its symptom."""
         assert self.vm is not None
         connect = asyncio.ensure_future(AgentClient.connect(str(self.paths.agent_sock), timeout))
         died = asyncio.ensure_future(self.vm.exited.wait())
         done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
         if connect in done:
             died.cancel()
-            return connect.result()
-        connect.cancel()
-        raise Unavailable(
-            f"the VM {describe_exit(self.vm.exit_code)} before its agent answered "
-            f"(see {self.paths.console_log})"
-        )
+            try:
+                return connect.result()
+            except CocoonError:
+                # The agent's socket breaks a moment before QEMU is reaped: wait
+                # for that exit, which says what really happened.
+                if await self.vm.wait(2.0) is None:
+                    raise
+        else:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+        raise Unavailable(self._boot_death_reason())
+
+    def _boot_death_reason(self) -> str:
+        assert self.vm is not None
+        reason = f"the VM {describe_exit(self.vm.exit_code)} while booting"
+        console = _last_lines(self.paths.console_log, 3)
+        qemu = _last_lines(self.paths.qemu_log, 1)
+        if qemu:
+            reason += f"; QEMU said: {qemu}"
+        if console:
+            reason += f"; console: {console}"
+        return reason
 
     def _persist_pids(self) -> None:
         try:
@@ -355,6 +406,7 @@ class Sandbox:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member), and
         its PID namespace too when the spec names the pod's."""
+        validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
@@ -394,6 +446,7 @@ class Sandbox:
             annotations=bundle.annotations,
             terminal=bundle.terminal,
             workload=workload,
+            resources=dict((bundle.spec.get("linux") or {}).get("resources") or {}),
         )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
@@ -415,8 +468,12 @@ class Sandbox:
                 if not proc.exit.done():
                     proc.exit.set_exception(Unavailable(reason))
                 return
+            status = resp.status
+            if not 0 <= status <= 255:  # the guest said so: it is not trusted
+                log.warning("%s/%s: exit status %d from the guest: 255", cid, exec_id, status)
+                status = 255
             if not proc.exit.done():
-                proc.exit.set_result((resp.status, resp.exited_at_ns))
+                proc.exit.set_result((status, resp.exited_at_ns))
             if exec_id and cid in self.containers:
                 self.containers[cid].host_pids.pop(exec_id, None)
             if not exec_id:
@@ -474,18 +531,68 @@ class Sandbox:
         ctr = self.get(cid)
         if ctr.status != "running":
             raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {ctr.status}")
-        if not exec_id or exec_id in ctr.execs:
-            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is empty or in use")
+        validate_exec_id(exec_id)  # it names files in the guest
+        if exec_id in ctr.execs:
+            raise AlreadyExists(f"exec id {exec_id!r} of {cid!r} is in use")
         agent = await self.ready()
         terminal = bool(process.get("terminal", False))
         await agent.exec_process(w.ExecProcessRequest(cid, exec_id, process, stdin, terminal))
         ctr.execs[exec_id] = self._track(cid, exec_id)
 
     def register_process(self, cid: str, exec_id: str, host_pid: int, join: bool) -> None:
-        self._process(cid, exec_id)
+        """Record the host PID that stands for a guest process (what the engine reaps).
+
+        Its death means the process has exited as far as the engine knows, so
+        the guest process is killed then (runc's container dies with its PID).
+        """
+        proc = self._process(cid, exec_id)
         self.get(cid).host_pids[exec_id] = host_pid
         if join and self.on_host_process is not None:
             self.on_host_process(host_pid)
+        self._watch_host_process(proc, host_pid)
+
+    def _watch_host_process(self, proc: ProcessRecord, host_pid: int) -> None:
+        self._unwatch(proc)
+        if proc.exit.done():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            proc.host_watch = os.pidfd_open(host_pid)
+        except OSError:  # already gone (ESRCH), or no pidfd: nothing stands for it
+            log.warning("host PID %d of %s/%s is gone", host_pid, proc.cid, proc.exec_id or "init")
+            loop.call_soon(self._host_process_died, proc, host_pid)
+            return
+        loop.add_reader(proc.host_watch, self._host_process_died, proc, host_pid)
+        proc.exit.add_done_callback(lambda _f: self._unwatch(proc))
+
+    def _unwatch(self, proc: ProcessRecord) -> None:
+        if proc.host_watch < 0:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(proc.host_watch)
+        with contextlib.suppress(OSError):
+            os.close(proc.host_watch)
+        proc.host_watch = -1
+
+    def _host_process_died(self, proc: ProcessRecord, host_pid: int) -> None:
+        self._unwatch(proc)
+        if proc.exit.done():
+            return  # the usual order: the guest process exited, then its stub
+        what = f"{proc.cid}/{proc.exec_id or 'init'}"
+        log.warning("host PID %d standing for %s died: killing it in the guest", host_pid, what)
+
+        async def kill() -> None:
+            if self.state != SandboxState.READY or self.agent is None:
+                return
+            try:
+                await self.agent.signal_process(
+                    proc.cid, proc.exec_id, signal.SIGKILL, not proc.exec_id
+                )
+            except CocoonError as exc:
+                log.warning("could not kill %s: %s", what, exc)
+
+        task = asyncio.get_running_loop().create_task(kill())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
         self._process(cid, exec_id)
@@ -514,18 +621,15 @@ class Sandbox:
         if ctr.status == "stopped":
             raise FailedPrecondition(f"container {cid!r} is stopped")
         agent = await self.ready()
-        new = resources_workload(resources, "resources")
-        workload = Workload(
-            cpus=new.cpus if "cpu" in resources else ctr.workload.cpus,
-            memory_bytes=new.memory_bytes if "memory" in resources else ctr.workload.memory_bytes,
-            cpuset_cpus=new.cpuset_cpus if "cpu" in resources else ctr.workload.cpuset_cpus,
-        )
+        merged, workload = updated_workload(ctr.resources, resources)
         others = [
             c.workload for c in self.containers.values() if c.id != cid and c.status != "stopped"
         ]
         await self.grow_to([*others, workload])  # grow first, so the new limits fit
         await agent.update_container(cid, resources)
-        ctr.workload = workload
+        ctr.workload, ctr.resources = workload, merged
+        if self.on_resources_update is not None:
+            self.on_resources_update(cid, resources)
 
     def _workloads(self) -> list[Workload]:
         return [c.workload for c in self.containers.values() if c.status != "stopped"]

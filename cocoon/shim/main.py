@@ -67,7 +67,11 @@ def _listening(path: Path) -> bool:
 
 
 def _role(args: argparse.Namespace, bundle: Path) -> PodRole:
-    return pod_role(args.id, _spec_annotations(bundle))
+    from cocoon.oci.ids import validate_id
+
+    role = pod_role(args.id, _spec_annotations(bundle))
+    validate_id(role.pod_id, "pod sandbox id")  # from an annotation; it names a state dir
+    return role
 
 
 # -- start -------------------------------------------------------------------------
@@ -280,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("containerd-shim-cocoon-v2 (cocoon 0.1.0)")
         return 0
     try:
+        from cocoon.oci.ids import validate_id
+
+        validate_id(args.id, "shim -id")
+        validate_id(args.namespace, "shim -namespace")
         if args.action == "start":
             return start(args)
         if args.action == "delete":

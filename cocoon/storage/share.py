@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import InvalidArgument
+from cocoon.oci.guestcg import guest_resources
 from cocoon.oci.namespaces import host_nstype, plan_namespaces
 from cocoon.storage import mounts
 
 GUEST_SHARE = "/run/cocoon/shared"
 # Filesystems the guest kernel provides itself; they never cross the share.
 GUEST_LOCAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
+# Directories only Cocoon makes (mounts/, shared/, mounts/<cid>/): traversable, not
+# listable. A container in a user namespace is set up by crun as its mapped root, a
+# stranger to these root-owned dirs, on its way to its rootfs and bind sources; the
+# sandbox dir above them stays 0700 on the host. Nothing of the bundle is loosened.
+COCOON_DIR_MODE = 0o711
+
+
+def make_cocoon_dir(path: Path) -> None:
+    """Create (or re-mode) one of Cocoon's own share directories, whatever the umask."""
+    path.mkdir(mode=COCOON_DIR_MODE, exist_ok=True)
+    os.chmod(path, COCOON_DIR_MODE)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,8 @@ def plan_container(
     # guest's network namespace, where the pod NICs are.
     namespaces = plan_namespaces(linux.get("namespaces") or [], pod_pids, nstype)
     linux["namespaces"] = namespaces.guest
+    if "resources" in linux:
+        linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
     return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins)
 
 
@@ -111,8 +126,8 @@ class SharedDir:
         self.shared_dir = sandbox_dir / "shared"
 
     def setup(self) -> None:
-        self.mounts_dir.mkdir(mode=0o700, exist_ok=True)
-        self.shared_dir.mkdir(mode=0o700, exist_ok=True)
+        make_cocoon_dir(self.mounts_dir)
+        make_cocoon_dir(self.shared_dir)
         mounts.bind(str(self.mounts_dir), str(self.mounts_dir), recursive=False)
         mounts.mount("none", str(self.mounts_dir), None, mounts.MS_SHARED)
         mounts.bind(str(self.mounts_dir), str(self.shared_dir))
@@ -125,9 +140,11 @@ class SharedDir:
         )
 
     def apply_binds(self, binds: list[Bind]) -> None:
+        for cid in {b.target.split("/")[0] for b in binds}:
+            make_cocoon_dir(self.mounts_dir / cid)
         for b in binds:
             target = self.mounts_dir / b.target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_cocoon_dir(target.parent)  # <cid>/, or <cid>/<i>/ of a named bind
             if b.is_dir:
                 target.mkdir(exist_ok=True)
             else:

@@ -8,7 +8,7 @@ import contextlib
 from cocoon.ttrpc import framing
 from cocoon.ttrpc.connection import Connection
 from cocoon.ttrpc.envelope import Request, Response
-from cocoon.ttrpc.status import Code, ConnectionLost, RPCError
+from cocoon.ttrpc.status import Code, ConnectionLost, MessageTooLarge, RPCError
 from cocoon.ttrpc.transport import Transport
 
 
@@ -55,19 +55,20 @@ class Client:
     ) -> bytes:
         """Call service/method; return the response payload.
 
-        Raises RPCError for an error status, TimeoutError after ``timeout``
+        Raises RPCError for an error status (MessageTooLarge for a request over
+        the 4 MiB limit, checked before sending), TimeoutError after ``timeout``
         seconds (None waits for ever, for long polls), ConnectionLost when the
         connection ends first.
         """
+        req = Request(service, method, payload, int(timeout * 1e9) if timeout else 0).encode()
+        if len(req) > framing.MAX_PAYLOAD:
+            raise MessageTooLarge(f"{method}: the request", len(req), framing.MAX_PAYLOAD)
         stream_id = self._next_id
         self._next_id += 2
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = fut
-        req = Request(service, method, payload, int(timeout * 1e9) if timeout else 0)
         try:
-            await self.conn.send(
-                framing.Frame(stream_id, framing.FrameType.REQUEST, 0, req.encode())
-            )
+            await self.conn.send(framing.Frame(stream_id, framing.FrameType.REQUEST, 0, req))
             resp = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise TimeoutError(f"{method} on {self.name} timed out after {timeout:g}s") from None

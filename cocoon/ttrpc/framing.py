@@ -40,7 +40,10 @@ class Frame:
 def encode(frame: Frame) -> bytes:
     """Serialise a frame; raises FrameError when the payload is too large."""
     if len(frame.payload) > MAX_PAYLOAD:
-        raise FrameError(f"payload of {len(frame.payload)} bytes exceeds {MAX_PAYLOAD}")
+        raise FrameError(
+            f"a payload of {len(frame.payload)} bytes, more than ttRPC's "
+            f"{MAX_PAYLOAD >> 20} MiB message limit"
+        )
     return HEADER.pack(len(frame.payload), frame.stream_id, frame.type, frame.flags) + frame.payload
 
 
@@ -50,7 +53,9 @@ def decode_header(header: bytes) -> tuple[int, int, int, int]:
         raise FrameError(f"truncated header: {len(header)} of {HEADER_SIZE} bytes")
     length, stream_id, ftype, flags = HEADER.unpack(header)
     if length > MAX_PAYLOAD:
-        raise FrameError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+        raise FrameError(
+            f"a frame of {length} bytes, more than ttRPC's {MAX_PAYLOAD >> 20} MiB message limit"
+        )
     return length, stream_id, ftype, flags
 
 

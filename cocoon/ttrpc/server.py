@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from cocoon.ttrpc import framing
 from cocoon.ttrpc.connection import Connection
 from cocoon.ttrpc.envelope import DecodeError, Request, Response, Status
-from cocoon.ttrpc.status import Code, ConnectionLost, RPCError
+from cocoon.ttrpc.status import Code, ConnectionLost, MessageTooLarge, RPCError
 from cocoon.ttrpc.transport import StreamTransport, Transport
 
 Handler = Callable[[bytes], Awaitable[bytes]]
@@ -45,9 +45,13 @@ class Server:
                 except Exception as exc:
                     log.exception("%s.%s failed", req.service, req.method)
                     resp = Response(Status(Code.UNKNOWN, f"{req.method}: {exc}"))
+        data = resp.encode()
+        if len(data) > framing.MAX_PAYLOAD:
+            what = f"{req.method}: the reply"
+            too_big = MessageTooLarge(what, len(data), framing.MAX_PAYLOAD)
+            data = Response(Status(too_big.code, too_big.message)).encode()
         with contextlib.suppress(ConnectionLost):
-            frame_out = framing.Frame(frame.stream_id, framing.FrameType.RESPONSE, 0, resp.encode())
-            await conn.send(frame_out)
+            await conn.send(framing.Frame(frame.stream_id, framing.FrameType.RESPONSE, 0, data))
 
     async def serve(self, transport: Transport, name: str = "client") -> None:
         """Serve one connection until it closes; cancels its in-flight calls then."""

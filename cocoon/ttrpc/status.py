@@ -41,3 +41,13 @@ class RPCError(Exception):
 
 class ConnectionLost(Exception):
     """The transport closed; every pending call fails with this."""
+
+
+class MessageTooLarge(RPCError):
+    """A request or reply over ttRPC's message limit (4 MiB, as containerd's ttrpc)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            Code.RESOURCE_EXHAUSTED,
+            f"{what} is {size} bytes, more than ttRPC's {limit >> 20} MiB message limit",
+        )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import socket
 
 from cocoon.ttrpc import framing
-from cocoon.ttrpc.envelope import Request, Response
-from cocoon.ttrpc.status import ConnectionLost, RPCError
+from cocoon.ttrpc.envelope import DecodeError, Request, Response
+from cocoon.ttrpc.status import ConnectionLost, MessageTooLarge, RPCError
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes:
@@ -30,8 +30,10 @@ def call(path: str, service: str, method: str, payload: bytes, timeout: float) -
     Raises ConnectionLost if the server is not there or goes away, RPCError for
     an error status, TimeoutError after ``timeout`` seconds.
     """
-    req = Request(service, method, payload, int(timeout * 1e9))
-    frame = framing.encode(framing.Frame(1, framing.FrameType.REQUEST, 0, req.encode()))
+    req = Request(service, method, payload, int(timeout * 1e9)).encode()
+    if len(req) > framing.MAX_PAYLOAD:
+        raise MessageTooLarge(f"{method}: the request", len(req), framing.MAX_PAYLOAD)
+    frame = framing.encode(framing.Frame(1, framing.FrameType.REQUEST, 0, req))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -51,7 +53,12 @@ def call(path: str, service: str, method: str, payload: bytes, timeout: float) -
             raise TimeoutError(f"{method} timed out after {timeout:g}s") from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
-    resp = Response.decode(body)
+        except framing.FrameError as exc:
+            raise ConnectionLost(f"protocol error: {exc}") from exc
+    try:
+        resp = Response.decode(body)
+    except (DecodeError, UnicodeDecodeError) as exc:
+        raise ConnectionLost(f"malformed response: {exc}") from exc
     if resp.status.code:
         raise RPCError(resp.status.code, resp.status.message)
     return resp.payload

@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+INT64 = 1 << 63  # integers are 64-bit, as in the protobuf schemas these mirror
+
+
 class SchemaError(ValueError):
     """A message that does not match its schema."""
 
@@ -92,7 +95,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise SchemaError(f"{where}: expected a number, got {type(value).__name__}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -INT64 <= value < INT64:
+                return value
+            raise SchemaError(f"{where}: integer out of the 64-bit range")
         raise SchemaError(f"{where}: expected an integer, got {type(value).__name__}")
     if tp in (str, bool):
         if type(value) is tp:
@@ -120,4 +125,11 @@ def decode(cls: type[T], data: bytes) -> T:
         raw = json.loads(data) if data else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise SchemaError(f"{cls.__name__}: invalid JSON: {exc}") from exc
-    return _from_json(cls, raw, cls.__name__)
+    except RecursionError:
+        # A peer can nest arrays deeper than Python's stack within one message
+        # (found by fuzzing): a bad message, not a crash of the reader.
+        raise SchemaError(f"{cls.__name__}: JSON nested too deeply") from None
+    try:
+        return _from_json(cls, raw, cls.__name__)
+    except RecursionError:
+        raise SchemaError(f"{cls.__name__}: JSON nested too deeply") from None

@@ -244,6 +244,19 @@ def _fails(r: subprocess.CompletedProcess[bytes], needle: str) -> None:
     assert len(err) == 1 and needle in err[0], err
 
 
+def test_force_delete_of_a_missing_container_succeeds(env: Env) -> None:
+    """runc: ``delete --force`` of an unknown ID is a no-op, so engines' cleanup is quiet."""
+    r = env.run("delete", "--force", "nope")
+    assert r.returncode == 0, r
+    assert r.stderr == b""
+    env.root.mkdir(parents=True, exist_ok=True)
+    assert env.run("delete", "-f", "nope").returncode == 0
+    _fails(env.run("delete", "nope"), "does not exist")
+    (env.root / "half").mkdir()  # a create that died before writing its state
+    assert env.run("delete", "--force", "half").returncode == 0
+    assert not (env.root / "half").exists()
+
+
 def test_bad_input_is_one_line(env: Env) -> None:
     _fails(env.run("frobnicate"), "invalid choice")
     _fails(env.run("run", "--no-such-flag", "x"), "unrecognized arguments")

@@ -114,3 +114,35 @@ def test_top(podman: Podman, runtime: str, cname: Callable[[], str]) -> None:
     assert lines[0].split()[:2] == ["PID", "COMMAND"], describe(p)
     assert len(lines) >= 2, describe(p)
     check(podman("rm", "-f", "-t", "0", name, runtime=runtime))
+
+
+def test_uidmap_container_runs_with_the_image_owned_by_its_root(
+    podman: Podman, runtime: str, cname: Callable[[], str]
+) -> None:
+    """``--uidmap``: podman chowns the image to the range; inside, it is root's."""
+    script = (
+        "id; cat /proc/self/uid_map /proc/self/gid_map; ls -ln / | grep -E ' (bin|etc)$';"
+        " echo written > /dev/shm/f && cat /dev/shm/f"
+    )
+    maps = ("--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536")
+    p = check(
+        podman(
+            "run",
+            "--rm",
+            *NONET,
+            *maps,
+            "--name",
+            cname(),
+            IMG,
+            "sh",
+            "-c",
+            script,
+            runtime=runtime,
+        )
+    )
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("uid=0(root) gid=0(root)"), describe(p)
+    assert [ln.split() for ln in lines[1:3]] == [["0", "100000", "65536"]] * 2, describe(p)
+    owners = [(f[2], f[3], f[-1]) for f in (ln.split() for ln in lines[3:5])]
+    assert owners == [("0", "0", "bin"), ("0", "0", "etc")], describe(p)
+    assert lines[5] == "written", describe(p)

@@ -16,6 +16,7 @@ def plan(**kw: object) -> VMPlan:
         qmp_socket=Path("/s/qmp.sock"),
         agent_socket=Path("/s/agent.sock"),
         console_log=Path("/s/console.log"),
+        cpu_features=(),
     )
     base.update(kw)
     return VMPlan(**base)  # type: ignore[arg-type]
@@ -139,3 +140,17 @@ def test_microvm_nics_on_the_command_line_pc_none() -> None:
     assert ("-netdev", "tap,id=hostnet0,fd=7") in p
     assert ("-device", "virtio-net-device,netdev=hostnet0,id=net0,mac=aa:bb:cc:00:00:01") in p
     assert not any(k == "-netdev" for k, _ in pairs(build_argv(plan())))
+
+
+def test_guest_cpu_offers_1g_pages_where_the_host_has_them(tmp_path: Path) -> None:
+    from cocoon.hypervisor.cmdline import host_cpu_features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu pse pdpe1gb lm\n\nflags\t: fpu pdpe1gb\n")
+    assert host_cpu_features(str(info)) == ("pdpe1gb",)
+    info.write_text("flags\t\t: fpu pse lm\n")
+    assert host_cpu_features.__wrapped__(str(info)) == ()
+    assert ("-cpu", "qemu64,+pdpe1gb") in pairs(build_argv(plan(cpu_features=("pdpe1gb",))))
+    argv = build_argv(plan(machine="microvm", cpu_features=("pdpe1gb",)))
+    assert ("-cpu", "qemu64,+arat,+pdpe1gb") in pairs(argv)
+    assert ("-cpu", "host") in pairs(build_argv(plan(accel="kvm", cpu_features=("pdpe1gb",))))

@@ -401,3 +401,14 @@ def test_boot_size_dynamic_boots_at_defaults() -> None:
 def test_hotplug_capable() -> None:
     assert sz.hotplug_capable("pc")
     assert not sz.hotplug_capable("microvm")
+
+
+def test_update_of_a_quota_alone_keeps_the_period_in_force() -> None:
+    merged, workload = sz.updated_workload(
+        {"cpu": {"quota": 50000, "period": 100000}, "memory": {"limit": 64 << 20}},
+        {"cpu": {"quota": 150000}},
+    )
+    assert merged == {"cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 64 << 20}}
+    assert workload.cpus == 1.5 and workload.memory_bytes == 64 << 20
+    _, alone = sz.updated_workload({}, {"cpu": {"quota": 50000}})
+    assert alone.cpus == 0.5  # the kernel's default period

@@ -72,3 +72,30 @@ def test_every_task_method_is_served() -> None:
     methods = {m for (svc, m) in server._handlers if svc == SERVICE}
     assert methods == {m.name for m in pb.DESCRIPTOR.services_by_name["Task"].methods}
     assert len(methods) == 17
+
+
+def test_long_or_odd_ids_are_one_line(tmp_path: Path) -> None:
+    from cocoon.shim.main import main
+
+    _bundle(tmp_path, {})
+    for argv in (
+        ["-id", "a" * 300, "-bundle", str(tmp_path), "start"],
+        ["-id", "a" * 300, "-bundle", str(tmp_path), "delete"],
+        ["-id", "ok", "-namespace", "../x", "-bundle", str(tmp_path), "delete"],
+    ):
+        r = _shim(tmp_path, *argv)
+        err = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 1 and len(err) == 1 and "id" in err[0], err
+        assert main(argv) == 1
+    cri = {"io.kubernetes.cri.container-type": "container"}
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "ociVersion": "1.0.2",
+                "annotations": {**cri, "io.kubernetes.cri.sandbox-id": "p" * 300},
+            }
+        )
+    )
+    r = _shim(tmp_path, "-id", "member", "-bundle", str(tmp_path), "start")
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "pod sandbox id" in err[0], err
