@@ -106,3 +106,26 @@ def test_remove_binds_unmounts_the_named_binds_first(
     rel = [str(Path(p).relative_to(base)) for p in unmounted]
     assert rel.index("0/my-volume") < rel.index("0") and rel.index("1/hosts") < rel.index("1")
     assert "rootfs" in rel and not base.exists()
+
+
+def test_named_bind_dirs_are_traversable_for_a_mapped_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``<cid>/<i>/`` is Cocoon's own directory: 0711 whatever the umask, like ``<cid>/``."""
+    import os
+    import stat
+
+    from cocoon.storage import share
+
+    monkeypatch.setattr(share.mounts, "bind", lambda *a, **k: None)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    shared = share.SharedDir(tmp_path)
+    shared.mounts_dir.mkdir()
+    old = os.umask(0o077)
+    try:
+        shared.apply_binds([share.Bind(vol, "c/0/vol", False, True)])
+    finally:
+        os.umask(old)
+    for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
+        assert stat.S_IMODE(d.stat().st_mode) == share.COCOON_DIR_MODE, d
