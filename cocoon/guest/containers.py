@@ -13,6 +13,7 @@ import contextlib
 import enum
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,13 @@ CRUN = "/usr/bin/crun"
 CRUN_ROOT = "/run/crun"
 # What the containers of a pod share (Kubernetes: network, IPC, UTS), by OCI type → /proc/PID/ns.
 POD_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
+# What they may share besides, when their spec names the pod's (the PID namespace).
+POD_SHAREABLE = {"pid": "pid"}
 BUNDLES = "/run/cocoon/bundles"
+# Console sockets, named by a counter: unix socket paths are limited to 108 bytes, and
+# Kubernetes' container and exec ids are 64 characters each.
+CONSOLES = "/run/cocoon/consoles"
+CONSOLE_WAIT = 15.0  # for crun to send a console's pty master
 CGROUP_PARENT = "/cocoon"
 
 
@@ -113,7 +120,9 @@ class ContainerManager:
         self.reaper = reaper
         self.containers: dict[str, Container] = {}
         self.loop = asyncio.get_running_loop()
+        self._consoles = itertools.count()
         os.makedirs(BUNDLES, exist_ok=True)
+        os.makedirs(CONSOLES, exist_ok=True)
         os.makedirs(CRUN_ROOT, exist_ok=True)
 
     def get(self, cid: str) -> Container:
@@ -164,11 +173,12 @@ class ContainerManager:
         stdin: bool,
         terminal: bool,
         pod_sandbox: str = "",
+        pod_namespaces: list[str] | tuple[str, ...] = (),
     ) -> None:
         if cid in self.containers:
             raise _error(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
         if pod_sandbox:
-            spec = self._join_pod(spec, pod_sandbox)
+            spec = self._join_pod(spec, pod_sandbox, pod_namespaces)
         if not os.path.isdir(rootfs):
             raise _error(Code.INVALID_ARGUMENT, f"rootfs {rootfs} is not a directory in the guest")
         bundle = os.path.join(BUNDLES, cid)
@@ -224,25 +234,33 @@ class ContainerManager:
         self.containers[cid] = ctr
         self._watch_exit(ctr, init)
 
-    def _join_pod(self, spec: dict[str, Any], sandbox_cid: str) -> dict[str, Any]:
-        """The spec with its IPC, UTS and network namespaces those of the pod's sandbox."""
+    def _join_pod(
+        self, spec: dict[str, Any], sandbox_cid: str, extra: list[str] | tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """The spec with its IPC, UTS and network namespaces those of the pod's sandbox,
+        and the ``extra`` ones (OCI types: "pid") too."""
         sandbox = self.get(sandbox_cid)
         if sandbox.state == State.STOPPED or not sandbox.init.pid:
             raise _error(Code.FAILED_PRECONDITION, f"pod sandbox {sandbox_cid!r} is not running")
+        unknown = set(extra) - set(POD_SHAREABLE) - set(POD_NAMESPACES)
+        if unknown:
+            raise _error(Code.INVALID_ARGUMENT, f"cannot share the pod's {sorted(unknown)}")
+        joined = {**POD_NAMESPACES, **{k: POD_SHAREABLE[k] for k in extra if k in POD_SHAREABLE}}
         pid = sandbox.init.pid
         linux = dict(spec.get("linux") or {})
-        namespaces = [
-            ns for ns in linux.get("namespaces") or [] if ns.get("type") not in POD_NAMESPACES
-        ]
-        for kind, name in POD_NAMESPACES.items():
+        namespaces = [ns for ns in linux.get("namespaces") or [] if ns.get("type") not in joined]
+        for kind, name in joined.items():
             namespaces.append({"type": kind, "path": f"/proc/{pid}/ns/{name}"})
         linux["namespaces"] = namespaces
         return {**spec, "linux": linux}
 
+    def _console_path(self) -> str:
+        return os.path.join(CONSOLES, f"{next(self._consoles)}.sock")
+
     async def _spawn_with_console(
         self, proc: Process, args: list[str], cid: str, bundle: str
     ) -> None:
-        sock_path = os.path.join(bundle, "console.sock")
+        sock_path = self._console_path()
         srv = _console_listener(sock_path)
         try:
             pid = self.reaper.spawn([*self._crun(*args, "--console-socket", sock_path), cid])
@@ -283,16 +301,18 @@ class ContainerManager:
         with open(proc_file, "w", encoding="utf-8") as fh:
             json.dump(process, fh)
         proc = Process(exec_id=exec_id, terminal=terminal)
-        args = ["exec", "--process", proc_file, "--pid-file", pid_file]
+        log_file = os.path.join(ctr.bundle, f"exec-{exec_id}.log")
+        args = ["--log", f"file:{log_file}", "exec", "--process", proc_file]
+        args += ["--pid-file", pid_file]
         if terminal:
-            sock_path = os.path.join(ctr.bundle, f"exec-{exec_id}.sock")
+            sock_path = self._console_path()
             srv = _console_listener(sock_path)
             try:
                 proc.waiter_pid = self.reaper.spawn(
                     [*self._crun(*args, "--console-socket", sock_path), cid]
                 )
-                accept = self.loop.run_in_executor(None, _blocking_accept, srv)
-                master = await asyncio.wait_for(asyncio.shield(accept), 10)
+                self._watch_exit(ctr, proc)
+                master = await self._console_or_exit(srv, proc, log_file)
             finally:
                 srv.close()
                 with contextlib.suppress(OSError):
@@ -309,8 +329,8 @@ class ContainerManager:
                 for fd in (child_in, w1, w2):
                     if fd is not None:
                         os.close(fd)
+            self._watch_exit(ctr, proc)
         ctr.execs[exec_id] = proc
-        self._watch_exit(ctr, proc)
         # The exec'd PID (for signals) appears once crun has forked it.
         for _ in range(500):
             if proc.exited.is_set():
@@ -323,6 +343,32 @@ class ContainerManager:
             except (FileNotFoundError, ValueError):
                 pass
             await asyncio.sleep(0.01)
+
+    async def _console_or_exit(self, srv: socket.socket, proc: Process, log_file: str) -> int:
+        """The pty master crun sends, or an error at once if crun ends without one
+        (its exec failed: the caller's start fails, nothing waits for a timeout)."""
+        accept = self.loop.run_in_executor(None, _blocking_accept, srv)
+        exited = asyncio.ensure_future(proc.exited.wait())
+        try:
+            await asyncio.wait(
+                {accept, exited}, timeout=CONSOLE_WAIT, return_when="FIRST_COMPLETED"
+            )
+            if not accept.done() and exited.done():
+                # A fast process may end right after crun sent its console.
+                await asyncio.wait({accept}, timeout=1)
+        finally:
+            exited.cancel()
+        if accept.done():
+            return accept.result()
+        with contextlib.suppress(OSError):
+            srv.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        accept.add_done_callback(_close_console)
+        if proc.exited.is_set():
+            why = _crun_log_file(log_file)
+            raise _error(Code.INTERNAL, f"crun exec failed: {why}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.waiter_pid, signal.SIGKILL)
+        raise _error(Code.DEADLINE_EXCEEDED, "crun exec sent no console in time")
 
     async def pause(self, cid: str) -> None:
         ctr = self.get(cid)
@@ -484,9 +530,20 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def _close_console(fut: asyncio.Future[int]) -> None:
+    """A console that came too late: nobody will use it."""
+    if not fut.cancelled() and fut.exception() is None:
+        with contextlib.suppress(OSError):
+            os.close(fut.result())
+
+
 def _crun_log(bundle: str) -> str:
+    return _crun_log_file(os.path.join(bundle, "crun.log"))
+
+
+def _crun_log_file(path: str) -> str:
     try:
-        with open(os.path.join(bundle, "crun.log"), encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     except OSError:
         return "(no crun log)"

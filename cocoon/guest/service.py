@@ -95,7 +95,13 @@ class AgentService:
     # -- containers ----------------------------------------------------------
     async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
         await self.containers.create(
-            req.container_id, req.spec, req.rootfs, req.stdin, req.terminal, req.pod_sandbox
+            req.container_id,
+            req.spec,
+            req.rootfs,
+            req.stdin,
+            req.terminal,
+            req.pod_sandbox,
+            req.pod_namespaces,
         )
         return w.Empty()
 

@@ -132,7 +132,8 @@ def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     """What a VM runtime cannot honour: (errors naming the field, warnings).
 
     Refused: fields that would need the host inside the guest (``vm`` asks to pick
-    host binaries and images; ``linux.intelRdt`` is a host resource). Warned and
+    host binaries and images; ``linux.intelRdt`` is a host resource; namespace
+    paths other than the network's, see cocoon.oci.namespaces). Warned and
     dropped: LSM labels, since the guest kernel runs no AppArmor or SELinux (the VM
     boundary is the isolation); nothing else is changed.
     """
@@ -144,6 +145,12 @@ def vm_compatibility(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
             "supported (use Cocoon's configuration)"
         )
     linux = spec.get("linux") or {}
+    from cocoon.oci.namespaces import plan_namespaces
+
+    try:  # outside a pod: no namespace path but the network's can be honoured
+        plan_namespaces(linux.get("namespaces") or [])
+    except InvalidArgument as exc:
+        errors.append(str(exc))
     if linux.get("intelRdt"):
         errors.append("linux.intelRdt is not supported: RDT is a host resource")
     proc = spec.get("process") or {}

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -199,7 +200,9 @@ class Sandbox:
         await self.agent.create_sandbox(
             w.CreateSandboxRequest(
                 sandbox_id=self.paths.id,
-                hostname=self.paths.id[:63],
+                # The node's name, as runc's containers inherit it; a spec's own
+                # hostname is set by crun in the container's UTS namespace.
+                hostname=socket.gethostname(),
                 storages=[
                     w.Storage(
                         driver="9p" if share.kind == "9p" else "virtiofs",
@@ -401,12 +404,22 @@ class Sandbox:
         self, cid: str, bundle_dir: str, stdin: bool, pod_sandbox: str = ""
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
-        sandbox whose IPC, UTS and network namespaces it joins (a pod member)."""
+        sandbox whose IPC, UTS and network namespaces it joins (a pod member), and
+        its PID namespace too when the spec names the pod's."""
         validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
-        plan = plan_container(cid, bundle.spec, bundle.rootfs, bundle.readonly_rootfs)
+        # A member's namespace paths name the pod's containers by the PID the shim
+        # reports for them all: the VM's.
+        vm_pid = self.vm.pid if self.vm is not None and pod_sandbox else 0
+        plan = plan_container(
+            cid,
+            bundle.spec,
+            bundle.rootfs,
+            bundle.readonly_rootfs,
+            frozenset({vm_pid}) if vm_pid else frozenset(),
+        )
         agent = await self.ready()
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
@@ -420,6 +433,7 @@ class Sandbox:
                     stdin=stdin,
                     terminal=bundle.terminal,
                     pod_sandbox=pod_sandbox,
+                    pod_namespaces=plan.pod_namespaces,
                 )
             )
         except BaseException:

@@ -36,6 +36,14 @@ def _open_output(path: str) -> int | None:
     return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
+def release_outputs(io: ProcessIO) -> None:
+    """Open and close the output FIFOs once, so a reader waiting for output sees EOF."""
+    for path in (io.stdout, io.stderr):
+        if path:
+            with contextlib.suppress(OSError):  # ENXIO: nobody reads it
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+
+
 def attach(sandbox: Sandbox, cid: str, exec_id: str, io: ProcessIO) -> None:
     """Start relaying the process's streams; raises OSError or CocoonError."""
     stdout = _open_output(io.stdout)

@@ -37,7 +37,7 @@ from cocoon.errors import (
 )
 from cocoon.service.api import to_rpc_error
 from cocoon.service.sandbox import Sandbox, SandboxState
-from cocoon.shim import stdio
+from cocoon.shim import hooks, stdio
 from cocoon.shim.events import Publisher, timestamp
 from cocoon.shim.metrics import pack_metrics
 from cocoon.shim.pods import pod_role
@@ -53,6 +53,7 @@ SERVICE = "containerd.task.v2.Task"
 VERSION = "cocoon-shim 0.1.0"
 OOM_POLL_INTERVAL = 2.0
 DEAD_VM_STATUS = 255  # a process whose VM died exits with this
+EXEC_FAILED_STATUS = 126  # an exec whose start failed ("cannot execute", as shells say)
 _STATUS = {
     "created": tt.CREATED,
     "running": tt.RUNNING,
@@ -81,6 +82,7 @@ class ShimContainer:
     init: ShimProcess
     execs: dict[str, ShimProcess] = field(default_factory=dict)
     oom_kills: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)  # config.json, for its hooks
 
 
 class TaskService:
@@ -145,6 +147,24 @@ class TaskService:
 
         asyncio.get_running_loop().create_task(watch())
 
+    def _end_unstarted(self, proc: ShimProcess) -> None:
+        """End an exec whose start failed: Wait returns, TaskExit goes out, and the
+        readers of its output FIFOs see EOF (no output will ever come)."""
+        if proc.exited.done():
+            return
+        stdio.release_outputs(proc.io)
+        at = time.time_ns()
+        proc.exited.set_result((EXEC_FAILED_STATUS, at))
+        self.events.publish(
+            ev.TaskExit(
+                container_id=proc.cid,
+                id=proc.exec_id,
+                pid=self.pid,
+                exit_status=EXEC_FAILED_STATUS,
+                exited_at=timestamp(at),
+            )
+        )
+
     def _exit_of(self, proc: ShimProcess) -> tuple[int, int]:
         if proc.exited.done():
             return proc.exited.result()
@@ -161,6 +181,12 @@ class TaskService:
             spec = json.loads((Path(req.bundle) / "config.json").read_text())
         except (OSError, ValueError) as exc:
             raise InvalidArgument(f"cannot read {req.bundle}/config.json: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise InvalidArgument(f"{req.bundle}/config.json is not a JSON object")
+        if spec.get("hooks"):
+            from cocoon.oci.hooks import validate_hooks
+
+            validate_hooks(spec)
         role = pod_role(cid, spec.get("annotations") or {})
         if role.pod_id != self.pod_id:
             raise InvalidArgument(f"container {cid!r} belongs to pod {role.pod_id!r}, not here")
@@ -189,13 +215,18 @@ class TaskService:
         init = ShimProcess(cid, "", io, asyncio.get_running_loop().create_future(), started=True)
         try:
             stdio.attach(self.sandbox, cid, "", io)
+            state = hooks.oci_state(cid, "created", self.pid, req.bundle, spec)
+            await hooks.run_stage("createRuntime", spec, state)  # prestart's too
+            await hooks.run_stage("createContainer", spec, state)
         except (OSError, CocoonError) as exc:
             with contextlib.suppress(CocoonError):
                 await self.sandbox.delete_container(cid, force=True)
             if rootfs is not None:
                 unmount_rootfs(rootfs)
+            if isinstance(exc, CocoonError):
+                raise
             raise InvalidArgument(f"cannot open the stdio of {cid!r}: {exc}") from exc
-        self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init)
+        self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init, spec=spec)
         self._watch_exit(init)
         self.events.publish(
             ev.TaskCreate(
@@ -214,8 +245,13 @@ class TaskService:
     async def Start(self, req: pb.StartRequest) -> pb.StartResponse:
         proc = self._proc(req.id, req.exec_id)
         if not req.exec_id:
+            ctr = self._ctr(req.id)
+            state = hooks.oci_state(req.id, "created", self.pid, ctr.bundle, ctr.spec)
+            await hooks.run_stage("startContainer", ctr.spec, state)
             await self.sandbox.start_container(req.id)
             self.events.publish(ev.TaskStart(container_id=req.id, pid=self.pid))
+            # After the start, as runc runs them: the container's process runs.
+            await hooks.run_stage("poststart", ctr.spec, {**state, "status": "running"})
             return pb.StartResponse(pid=self.pid)
         if proc.started:
             raise FailedPrecondition(f"exec {req.exec_id!r} of {req.id!r} is already started")
@@ -224,7 +260,10 @@ class TaskService:
         try:
             await self.sandbox.exec(req.id, req.exec_id, proc.spec, bool(proc.io.stdin))
         except BaseException:
-            proc.started = False
+            # The exec ends here (as runc's shim ends one whose runc exec failed):
+            # its waiters return and its exit is published, so containerd's cleanup
+            # (Kill answers NotFound, then Wait, then Delete) does not wait it out.
+            self._end_unstarted(proc)
             raise
         stdio.attach(self.sandbox, req.id, req.exec_id, proc.io)
         self._watch_exit(proc)
@@ -286,6 +325,8 @@ class TaskService:
             if ctr.rootfs is not None:
                 unmount_rootfs(ctr.rootfs)
             del self.containers[req.id]
+            state = hooks.oci_state(req.id, "stopped", self.pid, ctr.bundle, ctr.spec)
+            await hooks.run_stage("poststop", ctr.spec, state)
         code, at = self._exit_of(proc)
         resp = pb.DeleteResponse(pid=self.pid, exit_status=code)
         if at:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import InvalidArgument
 from cocoon.oci.guestcg import guest_resources
+from cocoon.oci.namespaces import host_nstype, plan_namespaces
 from cocoon.storage import mounts
 
 GUEST_SHARE = "/run/cocoon/shared"
@@ -49,6 +51,7 @@ class ContainerShare:
     binds: list[Bind]
     guest_rootfs: str
     guest_spec: dict[str, Any]
+    pod_namespaces: list[str] = field(default_factory=list)  # joined from the pod's sandbox
 
 
 def _is_bind(m: dict[str, Any]) -> bool:
@@ -56,8 +59,28 @@ def _is_bind(m: dict[str, Any]) -> bool:
     return m.get("type") in ("bind", "rbind") or "bind" in opts or "rbind" in opts
 
 
-def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool) -> ContainerShare:
-    """Binds for the container and its spec with guest paths; raises InvalidArgument."""
+def _share_name(source: Path) -> str:
+    """The bind's name in the share: its source's last component (the guest's mountinfo
+    shows it, and tools match mounts by it), if that is a safe single component."""
+    name = source.name
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        return "bind"
+    return name
+
+
+def plan_container(
+    cid: str,
+    spec: dict[str, Any],
+    rootfs: Path,
+    readonly: bool,
+    pod_pids: frozenset[int] = frozenset(),
+    nstype: Callable[[str], str] = host_nstype,
+) -> ContainerShare:
+    """Binds for the container and its spec with guest paths; raises InvalidArgument.
+
+    ``pod_pids``: the host PIDs standing for the containers of the pod this one
+    joins (its namespace paths may name them; see cocoon.oci.namespaces).
+    """
     binds = [Bind(rootfs, f"{cid}/rootfs", readonly, True)]
     guest = copy.deepcopy(spec)
     out_mounts = []
@@ -77,7 +100,7 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
             raise InvalidArgument(f"mounts[{i}] ({m['destination']}): source {src} does not exist")
         opts = m.get("options") or []
         ro = "ro" in opts
-        rel = f"{cid}/m{i}"
+        rel = f"{cid}/{i}/{_share_name(source)}"
         binds.append(Bind(source, rel, ro, source.is_dir()))
         out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
     guest["mounts"] = out_mounts
@@ -86,20 +109,13 @@ def plan_container(cid: str, spec: dict[str, Any], rootfs: Path, readonly: bool)
     proc.pop("selinuxLabel", None)
     (guest.get("linux") or {}).pop("mountLabel", None)
     linux = guest.setdefault("linux", {})
-    namespaces = []
-    for ns in linux.get("namespaces") or []:
-        if ns.get("type") == "network":
-            # The pod's network (joined or new) is the VM's own: containers share
-            # the guest's network namespace, where the pod NICs are.
-            continue
-        if ns.get("path"):
-            # Host namespace files mean nothing in the guest.
-            ns = {k: v for k, v in ns.items() if k != "path"}
-        namespaces.append(ns)
-    linux["namespaces"] = namespaces
+    # The pod's network (joined or new) is the VM's own: containers share the
+    # guest's network namespace, where the pod NICs are.
+    namespaces = plan_namespaces(linux.get("namespaces") or [], pod_pids, nstype)
+    linux["namespaces"] = namespaces.guest
     if "resources" in linux:
         linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
-    return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest)
+    return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins)
 
 
 class SharedDir:
@@ -128,7 +144,7 @@ class SharedDir:
             make_cocoon_dir(self.mounts_dir / cid)
         for b in binds:
             target = self.mounts_dir / b.target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_cocoon_dir(target.parent)  # <cid>/, or <cid>/<i>/ of a named bind
             if b.is_dir:
                 target.mkdir(exist_ok=True)
             else:
@@ -139,10 +155,13 @@ class SharedDir:
         base = self.mounts_dir / cid
         if not base.exists():
             return
-        for entry in sorted(base.iterdir(), reverse=True):
-            with contextlib.suppress(OSError):
-                mounts.umount(str(entry))
-            with contextlib.suppress(OSError):
-                entry.rmdir() if entry.is_dir() else entry.unlink()
+        for top in sorted(base.iterdir(), reverse=True):
+            # <cid>/rootfs, and <cid>/<i>/<name> (never descend into a bind).
+            inner = list(top.iterdir()) if top.name.isdigit() and top.is_dir() else []
+            for entry in [*inner, top]:
+                with contextlib.suppress(OSError):
+                    mounts.umount(str(entry))
+                with contextlib.suppress(OSError):
+                    entry.rmdir() if entry.is_dir() else entry.unlink()
         with contextlib.suppress(OSError):
             base.rmdir()

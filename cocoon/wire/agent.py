@@ -58,6 +58,8 @@ class CreateContainerRequest:
     terminal: bool = False
     # A pod member: join this (running) container's IPC, UTS and network namespaces.
     pod_sandbox: str = ""
+    # More of pod_sandbox's namespaces to join, by OCI type ("pid": the pod shares it).
+    pod_namespaces: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -544,3 +544,262 @@ def test_annotated_pod_through_ctr_and_sandbox_delete_takes_members_down(
     check(c.ctr("task", "delete", member))
     for x in (pod, member):
         check(c.ctr("container", "rm", x))
+
+
+class Pod:
+    """A CRI pod (sandbox + containers) through containerd's CRI, removed on exit."""
+
+    def __init__(self, c: ShimContainerd, logs: Path, pid: int | None = None) -> None:
+        from tests.engines.cri.client import CRI, cri
+
+        self.c = c
+        self.client = CRI(c.address)
+        self.config = _pod_config(f"pod{uuid.uuid4().hex[:6]}", logs)
+        if pid is not None:
+            self.config.linux.security_context.namespace_options.pid = pid  # type: ignore[attr-defined]
+        self.pid_mode = pid
+        self.id = self.client.call(
+            "RunPodSandbox",
+            cri.RunPodSandboxRequest(config=self.config, runtime_handler="cocoon"),
+            cri.RunPodSandboxResponse,
+        ).pod_sandbox_id
+
+    def run(self, name: str, command: list[str]) -> str:
+        from tests.engines.cri.client import cri
+
+        cfg = _container_config(name, command)
+        if self.pid_mode is not None:
+            cfg.linux.security_context.namespace_options.pid = self.pid_mode  # type: ignore[attr-defined]
+        ctr_id = self.client.call(
+            "CreateContainer",
+            cri.CreateContainerRequest(
+                pod_sandbox_id=self.id, config=cfg, sandbox_config=self.config
+            ),
+            cri.CreateContainerResponse,
+        ).container_id
+        self.client.call(
+            "StartContainer",
+            cri.StartContainerRequest(container_id=ctr_id),
+            cri.StartContainerResponse,
+        )
+        return ctr_id
+
+    def exec_sync(self, ctr_id: str, cmd: list[str]) -> tuple[int, str]:
+        from tests.engines.cri.client import cri
+
+        r = self.client.call(
+            "ExecSync",
+            cri.ExecSyncRequest(container_id=ctr_id, cmd=cmd, timeout=60),
+            cri.ExecSyncResponse,
+        )
+        return r.exit_code, r.stdout.decode() + r.stderr.decode()
+
+    def stop_container(self, ctr_id: str, timeout: int) -> None:
+        from tests.engines.cri.client import cri
+
+        self.client.call(
+            "StopContainer",
+            cri.StopContainerRequest(container_id=ctr_id, timeout=timeout),
+            cri.StopContainerResponse,
+        )
+
+    def remove(self) -> None:
+        from tests.engines.cri.client import cri
+
+        self.client.call(
+            "StopPodSandbox",
+            cri.StopPodSandboxRequest(pod_sandbox_id=self.id),
+            cri.StopPodSandboxResponse,
+        )
+        self.client.call(
+            "RemovePodSandbox",
+            cri.RemovePodSandboxRequest(pod_sandbox_id=self.id),
+            cri.RemovePodSandboxResponse,
+        )
+        self.client.close()
+
+
+@pytest.fixture
+def cri_pod(shim_containerd: ShimContainerd, tmp_path: Path) -> Iterator[Callable[..., Pod]]:
+    pods: list[Pod] = []
+
+    def make(pid: int | None = None) -> Pod:
+        logs = tmp_path / f"logs{len(pods)}"
+        logs.mkdir()
+        pods.append(Pod(shim_containerd, logs, pid))
+        return pods[-1]
+
+    yield make
+    for p in pods:
+        p.remove()
+
+
+def test_exec_with_a_tty_and_kubernetes_length_ids(
+    shim_containerd: ShimContainerd,
+    cri_pod: Callable[..., Pod],
+    spawn_pty: Callable[..., PtySession],
+) -> None:
+    """``kubectl exec -it``: 64-hex container and exec ids, a terminal (the guest's console
+    socket path must not be built from them: AF_UNIX paths are limited to 108 bytes)."""
+    pod = cri_pod()
+    ctr_id = pod.run("tty", ["sleep", "100000"])
+    assert re.fullmatch(r"[0-9a-f]{64}", ctr_id)
+    exec_id = uuid.uuid4().hex + uuid.uuid4().hex
+    argv = shim_containerd.ctr_argv(
+        "task", "exec", "-t", "--exec-id", exec_id, ctr_id, "sh",
+        namespace=ShimContainerd.CRI_NAMESPACE,
+    )  # fmt: skip
+    s = spawn_pty(argv)
+    s.send("tty; echo in-$((3*4))\n")
+    s.expect("/dev/pts/")
+    s.expect("in-12")
+    s.send("exit 5\n")
+    assert s.wait() == 5, s.output
+
+
+def test_exec_whose_start_fails_ends_at_once(
+    shim_containerd: ShimContainerd, cid: str, events: Events
+) -> None:
+    """An exec registered while its container ran, started after the container stopped:
+    Start fails, and the exec ends there (Wait returns, TaskExit), so containerd does not
+    wait for a Delete to release it."""
+    from google.protobuf import any_pb2
+
+    from cocoon.shim.pods import socket_path
+    from cocoon.shim.proto import shim_pb2 as pb
+    from cocoon.ttrpc.client import Client
+    from cocoon.ttrpc.status import RPCError
+    from cocoon.ttrpc.transport import connect_unix
+
+    c = shim_containerd
+    check(c.ctr("run", "-d", "--runtime", RT, IMG, cid, "sleep", "1000"))
+    sock = socket_path(c.address, c.namespace, cid)
+    task = "containerd.task.v2.Task"
+    spec = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+        value=json.dumps({"args": ["true"], "cwd": "/"}).encode(),
+    )
+
+    async def calls() -> tuple[str, int]:
+        client = Client(await connect_unix(str(sock)), "shim")
+        try:
+            req = pb.ExecProcessRequest(id=cid, exec_id="late", spec=spec)
+            await client.call(task, "Exec", req.SerializeToString())
+            check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+            wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+            try:
+                await client.call(
+                    task, "Start", pb.StartRequest(id=cid, exec_id="late").SerializeToString()
+                )
+                error = ""
+            except RPCError as exc:
+                error = str(exc)
+            raw = await asyncio.wait_for(
+                client.call(
+                    task, "Wait", pb.WaitRequest(id=cid, exec_id="late").SerializeToString()
+                ),
+                30,
+            )
+            return error, pb.WaitResponse.FromString(raw).exit_status
+        finally:
+            await client.close()
+
+    error, status = asyncio.run(calls())
+    assert error and status != 0, (error, status)
+    exit_event = events.wait_topic(cid, "/tasks/exit", pid_id="late")
+    assert exit_event.get("exit_status") == status, exit_event
+    check(c.ctr("task", "delete", cid))
+    check(c.ctr("container", "rm", cid))
+
+
+def test_pod_sharing_its_pid_namespace_stops_a_container_with_sigterm(
+    cri_pod: Callable[..., Pod], events: Events
+) -> None:
+    """A pod that shares its PID namespace: the pause process is PID 1 there, so the
+    container's command is not, and SIGTERM (StopContainer) ends it: 143, not 137."""
+    from tests.engines.cri.client import cri
+
+    pod = cri_pod(pid=cri.POD)
+    ctr_id = pod.run("sleeper", ["sleep", "100000"])
+    code, out = pod.exec_sync(ctr_id, ["cat", "/proc/1/cmdline"])
+    assert code == 0 and "2147483647" in out, out  # the pause image's sleep
+    code, out = pod.exec_sync(ctr_id, ["ps", "-o", "pid,args"])
+    assert "sleep 100000" in out and "sleep 2147483647" in out, out
+    pod.stop_container(ctr_id, timeout=20)
+    exit_event = events.wait_topic(ctr_id, "/tasks/exit", pid_id=ctr_id)
+    assert exit_event.get("exit_status") == 143, exit_event
+
+
+def test_pod_container_with_its_own_pid_namespace(cri_pod: Callable[..., Pod]) -> None:
+    from tests.engines.cri.client import cri
+
+    pod = cri_pod(pid=cri.CONTAINER)
+    ctr_id = pod.run("own", ["sleep", "100000"])
+    code, out = pod.exec_sync(ctr_id, ["cat", "/proc/1/cmdline"])
+    assert code == 0 and out.startswith("sleep\x00100000"), out
+
+
+@pytest.mark.parametrize(
+    ("ns", "needle"),
+    [
+        ("ipc:/proc/self/ns/ipc", "not supported yet"),
+        ("uts:/proc/self/ns/ipc", "is an ipc namespace, not uts"),
+    ],
+    ids=["host-namespace", "wrong-type"],
+)
+def test_namespace_paths_outside_the_pod_are_refused(
+    shim_containerd: ShimContainerd, cid: str, ns: str, needle: str
+) -> None:
+    c = shim_containerd
+    p = c.ctr("run", "--rm", "--runtime", RT, "--with-ns", ns, IMG, cid, "true")
+    assert p.returncode != 0 and needle in p.stderr, describe(p)
+    c.ctr("container", "rm", cid)
+
+
+def test_hooks_run_where_runc_runs_them_poststart_after_the_start(
+    shim_containerd: ShimContainerd, cid: str, tmp_path: Path
+) -> None:
+    """containerd's runc shim leaves the spec's hooks to runc; Cocoon's shim runs them at
+    the same points: poststart once the container's process runs, poststop after Delete."""
+    from tests.fixtures.bundle import default_spec, make_rootfs
+
+    c = shim_containerd
+    out = tmp_path / "hooks"
+    out.mkdir()
+    spec = default_spec(["sleep", "1000"])
+    spec["root"] = {"path": str(make_rootfs(tmp_path / "rootfs"))}
+    kinds = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+             "poststop")  # fmt: skip
+    spec["hooks"] = {
+        k: [
+            {
+                "path": "/bin/sh",
+                "args": ["sh", "-c", f"cat > {out}/{k}.json; echo {k} >> {out}/order"],
+            }
+        ]
+        for k in kinds
+    }
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec))
+    check(c.ctr("run", "-d", "--runtime", RT, "--config", str(config), cid))
+    assert (out / "order").read_text().split() == list(kinds[:5])
+    poststart = json.loads((out / "poststart.json").read_text())
+    assert poststart["id"] == cid and poststart["status"] == "running", poststart
+    assert poststart["pid"] == c.tasks()[cid][0]
+    assert c.tasks()[cid][1] == "RUNNING"
+    check(c.ctr("task", "kill", "-s", "SIGKILL", cid))
+    wait_for("task to stop", lambda: c.tasks()[cid][1] == "STOPPED", 60)
+    check(c.ctr("task", "delete", cid))
+    assert (out / "order").read_text().split() == list(kinds)
+    assert json.loads((out / "poststop.json").read_text())["status"] == "stopped"
+    check(c.ctr("container", "rm", cid))
+
+
+def test_container_without_a_hostname_sees_the_nodes(
+    shim_containerd: ShimContainerd, cid: str
+) -> None:
+    """ctr's spec names no hostname: a runc container then sees the node's name."""
+    import socket
+
+    p = check(shim_containerd.ctr("run", "--rm", "--runtime", RT, IMG, cid, "hostname"))
+    assert p.stdout.strip() == socket.gethostname(), describe(p)

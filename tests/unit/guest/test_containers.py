@@ -34,3 +34,25 @@ def test_joining_a_stopped_or_unknown_sandbox_fails() -> None:
         _manager_with_sandbox(42, State.STOPPED)._join_pod({}, "pod")
     with pytest.raises(RPCError, match="not found"):
         _manager_with_sandbox(42, State.RUNNING)._join_pod({}, "other")
+
+
+def test_pod_member_joins_the_sandbox_pid_namespace_when_its_spec_shares_it() -> None:
+    mgr = _manager_with_sandbox(42, State.RUNNING)
+    spec = {"linux": {"namespaces": [{"type": "mount"}]}}
+    out = mgr._join_pod(spec, "pod", ["pid", "ipc"])["linux"]["namespaces"]
+    assert {"type": "pid", "path": "/proc/42/ns/pid"} in out
+    assert [n["type"] for n in out].count("ipc") == 1
+    with pytest.raises(RPCError, match="cannot share"):
+        mgr._join_pod(spec, "pod", ["mount"])
+
+
+def test_console_sockets_are_short_whatever_the_ids() -> None:
+    import itertools
+
+    from cocoon.guest.containers import CONSOLES
+
+    mgr = object.__new__(ContainerManager)
+    mgr._consoles = itertools.count()
+    paths = {mgr._console_path() for _ in range(1000)}
+    assert len(paths) == 1000
+    assert all(p.startswith(CONSOLES + "/") and len(p.encode()) < 108 for p in paths)

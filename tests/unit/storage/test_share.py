@@ -34,7 +34,7 @@ def test_bind_mounts_are_shared_and_rewritten(tmp_path: Path) -> None:
     plan = plan_container("c1", spec, tmp_path, readonly=False)
     bind = plan.binds[1]
     assert bind.source == hosts and bind.readonly and not bind.is_dir
-    assert plan.guest_spec["mounts"][0]["source"] == f"{GUEST_SHARE}/c1/m0"
+    assert plan.guest_spec["mounts"][0]["source"] == f"{GUEST_SHARE}/c1/0/hosts"
     assert spec["mounts"][0]["source"] == str(hosts)  # the caller's spec is untouched
 
 
@@ -51,15 +51,34 @@ def test_bad_bind_sources(tmp_path: Path) -> None:
         plan_container("c", spec, tmp_path, False)
 
 
-def test_host_namespace_paths_never_reach_the_guest(tmp_path: Path) -> None:
+def test_host_namespace_paths_are_refused_pod_ones_joined(tmp_path: Path) -> None:
     spec = default_spec(["sh"])
     spec["linux"]["namespaces"] = [
-        {"type": "pid"},
+        {"type": "pid", "path": "/proc/7/ns/pid"},
         {"type": "network", "path": "/var/run/netns/x"},
-        {"type": "ipc", "path": "/proc/1/ns/ipc"},
+        {"type": "ipc", "path": "/proc/7/ns/ipc"},
     ]
-    ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
-    assert ns == [{"type": "pid"}, {"type": "ipc"}]
+    kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}.__getitem__
+    with pytest.raises(InvalidArgument, match="not supported yet"):
+        plan_container("c", spec, tmp_path, False, nstype=kinds)
+    plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds)
+    assert plan.guest_spec["linux"]["namespaces"] == []
+    assert plan.pod_namespaces == ["pid", "ipc"]
+
+
+def test_share_names_end_with_the_sources_name(tmp_path: Path) -> None:
+    """The guest's mountinfo shows the share path: its last component is the source's."""
+    vol = tmp_path / "my-volume"
+    vol.mkdir()
+    spec = default_spec(["sh"])
+    spec["mounts"] = [
+        {"destination": "/a", "type": "bind", "source": str(vol)},
+        {"destination": "/b", "type": "bind", "source": str(vol) + "/"},
+        {"destination": "/c", "type": "bind", "source": "/"},
+        {"destination": "/d", "type": "bind", "source": str(vol) + "/.."},
+    ]
+    targets = [b.target for b in plan_container("c", spec, tmp_path, False).binds[1:]]
+    assert targets == ["c/0/my-volume", "c/1/my-volume", "c/2/bind", "c/3/bind"]
 
 
 def test_containers_share_the_guest_network(tmp_path: Path) -> None:
@@ -68,3 +87,45 @@ def test_containers_share_the_guest_network(tmp_path: Path) -> None:
     spec["linux"]["namespaces"] = [{"type": "pid"}, {"type": "network"}]
     ns = plan_container("c", spec, tmp_path, False).guest_spec["linux"]["namespaces"]
     assert ns == [{"type": "pid"}]
+
+
+def test_remove_binds_unmounts_the_named_binds_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cocoon.storage import share
+
+    unmounted: list[str] = []
+    monkeypatch.setattr(share.mounts, "umount", lambda p: unmounted.append(p))
+    shared = share.SharedDir(tmp_path)
+    base = shared.mounts_dir / "c"
+    (base / "rootfs").mkdir(parents=True)
+    (base / "0" / "my-volume").mkdir(parents=True)
+    (base / "1").mkdir()
+    (base / "1" / "hosts").touch()
+    shared.remove_binds("c")
+    rel = [str(Path(p).relative_to(base)) for p in unmounted]
+    assert rel.index("0/my-volume") < rel.index("0") and rel.index("1/hosts") < rel.index("1")
+    assert "rootfs" in rel and not base.exists()
+
+
+def test_named_bind_dirs_are_traversable_for_a_mapped_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``<cid>/<i>/`` is Cocoon's own directory: 0711 whatever the umask, like ``<cid>/``."""
+    import os
+    import stat
+
+    from cocoon.storage import share
+
+    monkeypatch.setattr(share.mounts, "bind", lambda *a, **k: None)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    shared = share.SharedDir(tmp_path)
+    shared.mounts_dir.mkdir()
+    old = os.umask(0o077)
+    try:
+        shared.apply_binds([share.Bind(vol, "c/0/vol", False, True)])
+    finally:
+        os.umask(old)
+    for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
+        assert stat.S_IMODE(d.stat().st_mode) == share.COCOON_DIR_MODE, d
