@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cocoon.hypervisor.hostclock import kernel_params as clock_params
+
 # Boot tuning measured under TCG (shared/facts/host.md §2): skip crypto self
-# tests and the W+X check, calibrate the TSC from a constant, one UART.
+# tests and the W+X check, one UART. The TSC frequency comes from the host
+# (VMPlan.tsc_khz, cocoon.hypervisor.hostclock).
 BASE_KERNEL_PARAMS = (
-    "console=ttyS0 quiet panic=-1 tsc_early_khz=2500000 lpj=10000000 cryptomgr.notests "
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests "
     "rodata=off tsc=reliable mitigations=off audit=0 nowatchdog i8042.noaux i8042.nokbd "
     "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cocoon.root=/dev/vda"
 )
@@ -70,6 +73,9 @@ class VMPlan:
     memory_shared: bool = False
     incoming: bool = False
     nics: tuple[NicArg, ...] = ()
+    # The host's TSC frequency (kHz): the guest's clock runs at the host's rate
+    # only if its kernel is told (tsc_early_khz=, lpj=). 0: let it calibrate.
+    tsc_khz: int = 0
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -150,7 +156,14 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-initrd",
         str(plan.initrd),
         "-append",
-        " ".join([BASE_KERNEL_PARAMS, *_hotplug_params(plan), *plan.extra_kernel_params]),
+        " ".join(
+            [
+                BASE_KERNEL_PARAMS,
+                *clock_params(plan.tsc_khz),
+                *_hotplug_params(plan),
+                *plan.extra_kernel_params,
+            ]
+        ),
         # Guest console (kernel, init and agent logs) into a file.
         "-chardev",
         f"file,id=console,path={plan.console_log}",

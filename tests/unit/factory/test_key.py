@@ -35,8 +35,17 @@ def test_what_the_vm_is_changes_the_key(plan: VMPlan) -> None:
         {"extra_kernel_params": ("quiet",)},
         {"max_memory_mib": 4096},
         {"accel": "kvm"},
+        {"tsc_khz": 2100000},
     ):
         assert key(replace(plan, **change)) != base, change  # type: ignore[arg-type]
+
+
+def test_another_host_tsc_gives_another_template(plan: VMPlan) -> None:
+    """A template made on a 2500 MHz host is never cloned on a 2100 MHz one."""
+    here = replace(plan, tsc_khz=2100000)
+    there = replace(plan, tsc_khz=2500000)
+    assert key(here) != key(there)
+    assert any("tsc_early_khz=2100000" in a for a in template_argv(here))
 
 
 def test_rebuilt_assets_change_the_key(plan: VMPlan) -> None:

@@ -42,7 +42,17 @@ def test_pc_defaults_are_minimal_and_pvh() -> None:
     assert "-incoming" not in argv and not any("memory-backend" in a for a in argv)
     assert ("-drive", "file=/a/root.erofs,if=none,id=root,format=raw,readonly=on") in p
     append = dict(p)["-append"]
-    assert "tsc_early_khz=2500000" in append and "cocoon.root=/dev/vda" in append
+    assert "cocoon.root=/dev/vda" in append
+    assert "tsc_early_khz" not in append and "lpj=" not in append  # unknown host TSC
+
+
+def test_the_guest_clock_runs_at_the_host_tsc_rate() -> None:
+    append = dict(pairs(build_argv(plan(tsc_khz=2100000))))["-append"].split()
+    assert "tsc_early_khz=2100000" in append and "lpj=8400000" in append
+    # The configured kernel_params come after, so they can override it.
+    extra = build_argv(plan(tsc_khz=2100000, extra_kernel_params=("tsc_early_khz=1",)))
+    params = dict(pairs(extra))["-append"].split()
+    assert params.index("tsc_early_khz=1") > params.index("tsc_early_khz=2100000")
 
 
 def test_microvm_uses_mmio_and_modern_virtio() -> None:
