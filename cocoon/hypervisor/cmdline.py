@@ -22,6 +22,7 @@ BASE_KERNEL_PARAMS = (
     "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cocoon.root=/dev/vda"
 )
 SHARE_TAG = "cocoon"
+DEBUG_PORT_NAME = "cocoon.debug"
 MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
 MACHINES = ("pc", "microvm")
 
@@ -76,6 +77,9 @@ class VMPlan:
     # The host's TSC frequency (kHz): the guest's clock runs at the host's rate
     # only if its kernel is told (tsc_early_khz=, lpj=). 0: let it calibrate.
     tsc_khz: int = 0
+    # ``[agent] debug_console``: a virtio console port whose host end is this
+    # socket; the guest runs a root shell on it (cocoon debug-console).
+    debug_socket: Path | None = None
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -161,6 +165,7 @@ def build_argv(plan: VMPlan) -> list[str]:
                 BASE_KERNEL_PARAMS,
                 *clock_params(plan.tsc_khz),
                 *_hotplug_params(plan),
+                *(["cocoon.debug_console=1"] if plan.debug_socket is not None else []),
                 *plan.extra_kernel_params,
             ]
         ),
@@ -185,6 +190,14 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-device",
         "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
     ]
+    if plan.debug_socket is not None:
+        # A console port (a tty in the guest: /dev/hvc0) on the same bus.
+        argv += [
+            "-chardev",
+            f"socket,id=debugcon,path={plan.debug_socket},server=on,wait=off",
+            "-device",
+            f"virtconsole,bus=vser0.0,chardev=debugcon,name={DEBUG_PORT_NAME}",
+        ]
     # The read-only guest root image (erofs) on virtio-blk.
     argv += [
         "-drive",

@@ -214,6 +214,7 @@ class Sandbox:
             agent_socket=self.paths.agent_sock,
             console_log=self.paths.console_log,
             share=share,
+            debug_socket=self.paths.debug_sock,
         )
 
     async def _attach_network(self) -> None:
@@ -240,7 +241,9 @@ class Sandbox:
         self.network = late
 
     async def _start_cold(self, plan: VMPlan) -> None:
-        for sock in (plan.qmp_socket, plan.agent_socket):  # a failed clone's
+        for sock in (plan.qmp_socket, plan.agent_socket, plan.debug_socket):  # a failed clone's
+            if sock is None:
+                continue
             sock.unlink(missing_ok=True)
         self.vm = QemuVM(plan, self.paths.qemu_log)
         await self.vm.start(pass_fds=tuple(n.fd for n in plan.nics))

@@ -12,6 +12,10 @@ from typing import Any
 
 SERVICE = "cocoon.agent.v1.Agent"
 AGENT_PORT_NAME = "agent0"
+# ``[agent] debug_console``: the guest writes this, the exit status and "]" on
+# the console when its shell ends (then starts another); `cocoon debug-console`
+# ends there with that status.
+DEBUG_EXIT_MARK = b"[cocoon debug console: the shell exited with status "
 
 
 @dataclass

@@ -48,6 +48,13 @@ def test_another_host_tsc_gives_another_template(plan: VMPlan) -> None:
     assert any("tsc_early_khz=2100000" in a for a in template_argv(here))
 
 
+def test_the_debug_console_is_part_of_the_template(plan: VMPlan, tmp_path: Path) -> None:
+    a = replace(plan, debug_socket=tmp_path / "vm1" / "debug.sock")
+    b = replace(plan, debug_socket=tmp_path / "vm2" / "debug.sock")
+    assert key(a) == key(b) != key(plan)
+    assert str(tmp_path / "vm1") not in " ".join(template_argv(a))
+
+
 def test_rebuilt_assets_change_the_key(plan: VMPlan) -> None:
     before = key(plan)
     plan.image.write_bytes(b"a rebuilt image")

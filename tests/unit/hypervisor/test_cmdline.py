@@ -149,3 +149,12 @@ def test_microvm_nics_on_the_command_line_pc_none() -> None:
     assert ("-netdev", "tap,id=hostnet0,fd=7") in p
     assert ("-device", "virtio-net-device,netdev=hostnet0,id=net0,mac=aa:bb:cc:00:00:01") in p
     assert not any(k == "-netdev" for k, _ in pairs(build_argv(plan())))
+
+
+def test_the_debug_console_is_a_console_port_only_when_asked_for() -> None:
+    assert not any("virtconsole" in a for a in build_argv(plan()))
+    argv = build_argv(plan(debug_socket=Path("/s/debug.sock")))
+    p = pairs(argv)
+    assert ("-chardev", "socket,id=debugcon,path=/s/debug.sock,server=on,wait=off") in p
+    assert ("-device", "virtconsole,bus=vser0.0,chardev=debugcon,name=cocoon.debug") in p
+    assert "cocoon.debug_console=1" in dict(p)["-append"].split()
