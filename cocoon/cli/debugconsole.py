@@ -100,6 +100,7 @@ def _relay(sock: socket.socket, interactive: bool) -> int:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(0, selectors.EVENT_READ)
     scanner = ExitScanner()
+    last = b"\n"
     if interactive:
         sock.sendall(b"\r")  # a prompt: the shell's first one went to nobody
     while True:
@@ -118,10 +119,12 @@ def _relay(sock: socket.socket, interactive: bool) -> int:
                 data = os.read(0, 65536)
                 if not data:
                     sel.unregister(0)
-                    sock.sendall(EOT)  # the shell reads end of input and exits
+                    # Ctrl-D at the start of a line: the shell reads end of input.
+                    sock.sendall(EOT if last == b"\n" else b"\n" + EOT)
                     continue
                 if interactive and DETACH in data:
                     with contextlib.suppress(OSError):
                         sock.sendall(data[: data.index(DETACH)])
                     return 0
                 sock.sendall(data)
+                last = data[-1:]

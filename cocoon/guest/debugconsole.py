@@ -19,7 +19,9 @@ from cocoon.wire.agent import DEBUG_EXIT_MARK
 
 log = logging.getLogger("cocoon.guest")
 TTY = "/dev/hvc0"
-SHELLS = ("/bin/bash", "/bin/sh")
+# dash: no readline, so the terminal stays canonical and Ctrl-D at the start of
+# a line is always end of input (bash's readline can swallow one sent early).
+SHELLS = ("/bin/sh",)
 ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
