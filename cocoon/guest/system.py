@@ -109,6 +109,7 @@ class _Timeval(ctypes.Structure):
 def adjust_clock(delta_ns: int, step: bool) -> None:
     """Move CLOCK_REALTIME by ``delta_ns``: at once (``step``) or slewed by adjtime(3)."""
     if step:
+        _check(_libc.adjtime(ctypes.byref(_Timeval(0, 0)), None), "adjtime")  # end a slew
         set_clock(time.clock_gettime_ns(time.CLOCK_REALTIME) + delta_ns)
         return
     usec = delta_ns // 1000

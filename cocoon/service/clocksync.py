@@ -95,7 +95,8 @@ async def sync_once(agent: AgentClient) -> Correction | None:
         return None
     if correction.delta_ns:
         await agent.adjust_clock(correction.delta_ns, correction.step)
-    log.info(
+    log.log(
+        logging.INFO if correction.delta_ns else logging.DEBUG,
         "guest clock offset %+.6fs (rtt %.3fs): %s",
         correction.offset_ns / 1e9,
         correction.rtt_ns / 1e9,
