@@ -53,7 +53,7 @@ def _config(env: Env, text: str) -> Path:
     return conf
 
 
-def _start(env: Env, conf: Path, cid: str, script: str, caps: tuple[str, ...] = ()) -> Path:
+def _bundle(env: Env, script: str, caps: tuple[str, ...] = ()) -> Path:
     b = env.bundle(["/bin/sh", "-c", STAMP + script])
     if caps:
         spec = json.loads((b / "config.json").read_text())
@@ -66,7 +66,7 @@ def _start(env: Env, conf: Path, cid: str, script: str, caps: tuple[str, ...] = 
 def test_a_guest_sleep_takes_host_time_and_ends_on_host_time(env: Env) -> None:
     # No correction: this is the guest kernel's own clock, at the host's TSC rate.
     conf = _config(env, "[agent]\nclock_sync_interval = 0\n")
-    b = _start(env, conf, "ck", "stamp; sleep 30; stamp")
+    b = _bundle(env, "stamp; sleep 30; stamp")
     proc = subprocess.Popen(
         env.argv("--config", str(conf), "run", "--bundle", str(b), "ck"),
         stdin=subprocess.DEVNULL,
@@ -93,7 +93,7 @@ def test_a_long_lived_sandbox_is_kept_on_host_time(env: Env) -> None:
     """Several minutes, and a guest clock set 5 s wrong (CAP_SYS_TIME) is brought back."""
     interval = 5.0
     conf = _config(env, f"[agent]\nclock_sync_interval = {interval}\n")
-    b = _start(env, conf, "cl", "while :; do stamp; sleep 1; done", caps=("CAP_SYS_TIME",))
+    b = _bundle(env, "while :; do stamp; sleep 1; done", caps=("CAP_SYS_TIME",))
     proc = subprocess.Popen(
         env.argv("--config", str(conf), "run", "--bundle", str(b), "cl"),
         stdin=subprocess.DEVNULL,
