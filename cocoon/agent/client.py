@@ -147,6 +147,14 @@ class AgentClient:
         req = w.OnlineCPUMemRequest(nb_cpus, timeout)
         return await self.call("OnlineCPUMem", req, w.OnlineCPUMemResponse, timeout + 10)
 
+    async def read_clock(self, timeout: float = 5.0) -> int:
+        """The guest's CLOCK_REALTIME in ns."""
+        return (await self.call("ReadClock", w.Empty(), w.ReadClockResponse, timeout)).time_ns
+
+    async def adjust_clock(self, delta_ns: int, step: bool, timeout: float = 5.0) -> None:
+        """Step or slew the guest's CLOCK_REALTIME by ``delta_ns``."""
+        await self.call("AdjustClock", w.AdjustClockRequest(delta_ns, step), w.Empty, timeout)
+
     async def update_network(self, req: w.UpdateNetworkRequest) -> None:
         """Configure the guest's NICs (found by MAC), routes and neighbours."""
         await self.call("UpdateNetwork", req, w.Empty, req.timeout + DEFAULT_TIMEOUT)

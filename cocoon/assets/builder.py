@@ -33,6 +33,7 @@ from pathlib import Path
 from cocoon.assets import GuestAssets, complete, set_for_key
 from cocoon.assets import inputs as inp
 from cocoon.assets.errors import BuildError
+from cocoon.assets.guestmodules import install_modules
 from cocoon.assets.initramfs import build_initramfs
 from cocoon.assets.kernel import write_vmlinux
 from cocoon.assets.rootfs import (
@@ -297,6 +298,9 @@ def _build_into(
     root = tmp / "rootfs"
     link_copy(tree, root, log)
 
+    notify(f"installing the guest kernel modules ({kernel.version})")
+    n_modules = install_modules(root, kernel.modules_dir, kernel.version, log)
+
     notify(f"installing the guest agent ({len(files)} files)")
     install_agent(root, files)
     if not compile_bytecode(root, ["/opt/cocoon/lib"], log, strict=False):
@@ -337,6 +341,7 @@ def _build_into(
             "packages": [p for p in packages if p],
             "agent_files": [rel for rel, _ in files],
             "agent_digest": inputs.agent_digest,
+            "kernel_modules": n_modules,
         },
         "inputs": {k: v for k, v in dataclasses.asdict(inputs).items() if k != "init_script"},
     }

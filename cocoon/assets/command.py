@@ -14,6 +14,7 @@ TOOL_PACKAGES = {
     "mmdebstrap": "mmdebstrap",
     "mkfs.erofs": "erofs-utils",
     "modinfo": "kmod",
+    "depmod": "kmod",
     "tar": "tar",
     "chroot": "coreutils",
     "cp": "coreutils",

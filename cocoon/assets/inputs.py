@@ -14,11 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cocoon.assets.guestmodules import EXCLUDE, INCLUDE
 from cocoon.assets.initscript import INIT_SCRIPT
 
 #: Bump when the builder's output changes for the same inputs (trim list, image
 #: options, cpio layout, init script helpers...). Part of every cache key.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 #: Bump when the cached base root tree changes for the same packages (mmdebstrap
 #: options, the trim list, the bytecode compile step). Part of the base key only.
@@ -26,9 +27,10 @@ BASE_VERSION = "1"
 
 #: Debian suite and packages of the guest root image (``mmdebstrap --include``).
 #: ``python3`` rather than ``python3-minimal``: the agent needs asyncio, json and
-#: ctypes, which live in ``libpython3.11-stdlib``.
+#: ctypes, which live in ``libpython3.11-stdlib``; ``kmod`` for ``modprobe``
+#: (the kernel's autoload helper and ``[agent] kernel_modules``).
 SUITE = "bookworm"
-PACKAGES: tuple[str, ...] = ("python3", "crun", "iproute2")
+PACKAGES: tuple[str, ...] = ("python3", "crun", "iproute2", "kmod")
 
 #: Kernel modules the initramfs loads, by module name. Their dependencies are
 #: added at build time (``modinfo -F depends``); see ``initramfs.order_modules``.
@@ -98,6 +100,8 @@ class KeyInputs:
     initrd_compression: str
     init_script: str
     agent_digest: str
+    # The guest's /lib/modules selection (``guestmodules.INCLUDE``, then "-" EXCLUDE).
+    guest_module_dirs: tuple[str, ...] = ()
 
 
 def _version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -204,6 +208,7 @@ def compute_key(inputs: KeyInputs) -> str:
     put(inputs.initrd_compression)
     put(inputs.init_script)
     put(inputs.agent_digest)
+    put("\0".join(inputs.guest_module_dirs))
     return h.hexdigest()
 
 
@@ -233,6 +238,7 @@ def current_inputs(
         initrd_compression=INITRD_COMPRESSION,
         init_script=INIT_SCRIPT,
         agent_digest=agent_digest(agent_root),
+        guest_module_dirs=(*INCLUDE, *(f"-{d}" for d in EXCLUDE)),
     )
     return k, inputs
 

@@ -32,6 +32,7 @@ _VERBS = {
     "env": "cocoon.cli.info",
     "assets": "cocoon.cli.assets",
     "factory": "cocoon.cli.factory",
+    "debug-console": "cocoon.cli.debugconsole",
     "_service": "cocoon.service.daemon",
 }
 

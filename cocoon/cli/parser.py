@@ -45,6 +45,7 @@ VERBS = (
     "check",
     "assets",
     "factory",
+    "debug-console",
     "_service",
 )
 
@@ -220,6 +221,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         fsub.add_parser("init", help="make the default sandbox's template now")
         fsub.add_parser("status", help="list the templates and whether they are usable")
         fsub.add_parser("destroy", help="remove every template (running clones are unaffected)")
+
+    if want("debug-console"):
+        dbg = sub.add_parser(
+            "debug-console",
+            help="a root shell in a container's VM, outside the container "
+            "([agent] debug_console)",
+        )
+        dbg.add_argument("id")
 
     if want("_service"):
         svc = sub.add_parser("_service", help=argparse.SUPPRESS)

@@ -8,8 +8,9 @@ Kata's ``hypervisor.default_max_vcpus``).
 
 Two security rules, as in Kata:
 
-1. a hypervisor key is refused unless its name fully matches one regex of
-   ``enable_annotations`` (the Kata alias name is tried too);
+1. a hypervisor (or agent) key is refused unless its name fully matches one
+   regex of that section's ``enable_annotations`` (the Kata alias name is tried
+   too); ``[agent] debug_console`` is not in the default list;
 2. a key whose value is a host path to execute (``path``,
    ``virtio_fs_daemon``) must also match one glob of its ``valid_*_paths``
    list; an empty list refuses them all. The path must be absolute and
@@ -80,15 +81,18 @@ def _resolve(annotation: str) -> tuple[Key, str]:
 
 
 def _rule1(config: Config, annotation: str, key: Key, used: str) -> None:
-    if key.section != "hypervisor.qemu":
+    if key.section == "hypervisor.qemu":
+        patterns = config.hypervisor.enable_annotations
+    elif key.section == "agent":
+        patterns = config.agent.enable_annotations
+    else:
         return
-    patterns = config.hypervisor.enable_annotations
     for pattern in patterns:
         if re.fullmatch(pattern, key.name) or re.fullmatch(pattern, used):
             return
     raise InvalidArgument(
         f"annotation {annotation}: not allowed: {key.name} matches no regex in "
-        f"[hypervisor.qemu] enable_annotations {toml_value(patterns)}"
+        f"[{key.section}] enable_annotations {toml_value(patterns)}"
     )
 
 

@@ -85,15 +85,22 @@ KERNEL_PARAMS = Check(
     lambda v: _text_ok(v) and len(v) <= MAX_KERNEL_PARAMS,
 )
 SECONDS = Check(float, "a number of seconds > 0", lambda v: math.isfinite(v) and v > 0)
+SECONDS_OR_OFF = Check(
+    float, "a number of seconds >= 0 (0 = off)", lambda v: math.isfinite(v) and v >= 0
+)
 REGEX_LIST = Check(
     tuple, "a list of regular expressions", lambda v: all(_text_ok(x) and _regex_ok(x) for x in v)
 )
 GLOB_LIST = Check(tuple, "a list of absolute path globs", lambda v: all(_abs_path_ok(x) for x in v))
 # Kata separates kernel modules with ";" because module parameters can hold commas.
+# The guest agent applies the same rule (cocoon.guest.system.module_argv).
+_MODULE_SPEC = re.compile(
+    r"^\s*[A-Za-z0-9_-]{1,64}(\s+[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(=\S*)?)*\s*$"
+)
 MODULE_LIST = Check(
     tuple,
     'a list of "module [param=value ...]" strings',
-    lambda v: all(x.strip() and _text_ok(x) for x in v),
+    lambda v: all(_text_ok(x) and _MODULE_SPEC.match(x) for x in v),
     sep=";",
 )
 
@@ -134,6 +141,9 @@ DEFAULT_ENABLE_ANNOTATIONS = (
     "default_maxvcpus",
     "default_maxmemory",
 )
+
+# debug_console is not among them: a pod cannot open a shell into its VM unless allowed.
+DEFAULT_AGENT_ANNOTATIONS = ("dial_timeout", "kernel_modules")
 
 
 @dataclass(frozen=True)
@@ -258,7 +268,26 @@ class AgentConfig:
         metadata=_meta(MODULE_LIST, 'Guest kernel modules to load: "name param=value ...".'),
     )
     debug_console: bool = field(
-        default=False, metadata=_meta(BOOL, "Start a debug shell on the guest console.")
+        default=False,
+        metadata=_meta(
+            BOOL, "A root shell in the guest, outside the containers: `cocoon debug-console ID`."
+        ),
+    )
+    clock_sync_interval: float = field(
+        default=30.0,
+        metadata=_meta(
+            SECONDS_OR_OFF,
+            "Seconds between corrections of the guest's clock to the host's; 0 = never.",
+            annotatable=False,
+        ),
+    )
+    enable_annotations: tuple[str, ...] = field(
+        default=DEFAULT_AGENT_ANNOTATIONS,
+        metadata=_meta(
+            REGEX_LIST,
+            "Regexes of [agent] keys that pod annotations may set (full match).",
+            annotatable=False,
+        ),
     )
 
 

@@ -50,13 +50,20 @@ class Settings:
     max_templates: int = 8  # the store's bound (cocoon.factory.bound)
     max_template_mib: int = 2048
     internetworking_model: str = "tcfilter"  # "none": the VM gets no pod NIC
+    # [agent]: modules the agent loads at CreateSandbox; the guest clock's correction.
+    kernel_modules: tuple[str, ...] = ()
+    clock_sync_interval: float = 30.0  # seconds; 0 = never
+    debug_console: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("kernel_modules"), list):
+            known["kernel_modules"] = tuple(known["kernel_modules"])
+        return cls(**known)
 
 
 def resolve(config: Config, size: SandboxSize) -> Settings:
@@ -89,6 +96,9 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         max_templates=config.factory.max_templates,
         max_template_mib=config.factory.max_template_mib,
         internetworking_model=config.runtime.internetworking_model,
+        kernel_modules=config.agent.kernel_modules,
+        clock_sync_interval=config.agent.clock_sync_interval,
+        debug_console=config.agent.debug_console,
     )
 
 

@@ -45,6 +45,7 @@ def generic_plan(plan: VMPlan) -> VMPlan:
         console_log=PLACEHOLDER / "console.log",
         share=share,
         memory_file=PLACEHOLDER / "memory",
+        debug_socket=PLACEHOLDER / "debug.sock" if plan.debug_socket is not None else None,
         memory_shared=True,
         incoming=False,
     )

@@ -13,7 +13,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import traceback  # noqa: E402
 
-from cocoon.guest import system  # noqa: E402
+from cocoon.guest import debugconsole, system  # noqa: E402
 from cocoon.guest.reaper import Reaper  # noqa: E402
 from cocoon.guest.service import AgentService  # noqa: E402
 from cocoon.ttrpc.server import Server  # noqa: E402
@@ -30,6 +30,10 @@ async def serve() -> None:
     service.register(server)
     port = system.find_port(AGENT_PORT_NAME)
     log.info("agent ready on %s", port)
+    with open("/proc/cmdline", encoding="utf-8") as fh:
+        if debugconsole.wanted(fh.read()):
+            console = asyncio.get_running_loop().create_task(debugconsole.serve(reaper))
+            console.add_done_callback(lambda t: t.cancelled() or t.exception())
     while True:
         # A protocol error closes the connection; reopen the port and serve
         # the next host (a restarted sandbox service, or a template's clone).

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,7 +57,27 @@ class AgentService:
             log.warning("cannot bring lo up: %s", exc)
         for st in req.storages:
             self._mount_storage(st)
+        for spec in req.kernel_modules:
+            await self._load_module(spec)
         self.sandbox_id = req.sandbox_id
+        return w.Empty()
+
+    async def _load_module(self, spec: str) -> None:
+        """modprobe one ``[agent] kernel_modules`` entry; a failure fails the sandbox."""
+        try:
+            argv = system.module_argv(spec)
+        except ValueError as exc:
+            raise RPCError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        code, out = await self.reaper.run(argv)
+        if code != 0:
+            last = out.splitlines()[-1] if out else f"modprobe exited with {code}"
+            raise RPCError(Code.INVALID_ARGUMENT, f"kernel module {argv[2]}: {last}")
+
+    async def ReadClock(self, _: w.Empty) -> w.ReadClockResponse:
+        return w.ReadClockResponse(time.clock_gettime_ns(time.CLOCK_REALTIME))
+
+    async def AdjustClock(self, req: w.AdjustClockRequest) -> w.Empty:
+        system.adjust_clock(req.delta_ns, req.step)
         return w.Empty()
 
     @staticmethod

@@ -6,6 +6,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import struct
 import time
 
@@ -73,6 +74,10 @@ def base_mounts() -> None:
     for link, target in (("/dev/fd", "/proc/self/fd"), ("/dev/ptmx", "pts/ptmx")):
         if not os.path.lexists(link):
             os.symlink(target, link)
+    try:
+        set_modprobe()
+    except OSError as exc:
+        log.warning("cannot set the module autoload helper: %s", exc)
     # Let the agent's own cgroup hand controllers to the containers' cgroups.
     try:
         with open("/sys/fs/cgroup/cgroup.controllers", encoding="utf-8") as fh:
@@ -95,6 +100,47 @@ class _Timespec(ctypes.Structure):
 def set_clock(time_ns: int) -> None:
     ts = _Timespec(time_ns // 1_000_000_000, time_ns % 1_000_000_000)
     _check(_libc.clock_settime(CLOCK_REALTIME, ctypes.byref(ts)), "clock_settime")
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+def adjust_clock(delta_ns: int, step: bool) -> None:
+    """Move CLOCK_REALTIME by ``delta_ns``: at once (``step``) or slewed by adjtime(3)."""
+    if step:
+        _check(_libc.adjtime(ctypes.byref(_Timeval(0, 0)), None), "adjtime")  # end a slew
+        set_clock(time.clock_gettime_ns(time.CLOCK_REALTIME) + delta_ns)
+        return
+    usec = delta_ns // 1000
+    tv = _Timeval(usec // 1_000_000, usec % 1_000_000)  # floor division: tv_usec >= 0
+    _check(_libc.adjtime(ctypes.byref(tv), None), "adjtime")
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MODULE_PARAM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(=\S*)?$")
+
+
+def module_argv(spec: str, modprobe: str = "/usr/sbin/modprobe") -> list[str]:
+    """``modprobe`` argv for ``[agent] kernel_modules``'s "name [param=value ...]".
+
+    Raises ValueError naming the problem (an option, a path, a bad name):
+    nothing the host sends reaches modprobe as an option.
+    """
+    name, *params = spec.split()
+    if not _MODULE_NAME.match(name):
+        raise ValueError(f"kernel module {name!r}: not a module name")
+    for param in params:
+        if not _MODULE_PARAM.match(param):
+            raise ValueError(f"kernel module {name}: bad parameter {param!r}")
+    return [modprobe, "--", name, *params]
+
+
+def set_modprobe(path: str = "/usr/sbin/modprobe") -> None:
+    """Point the kernel's module autoload helper at the root image's modprobe."""
+    if os.path.exists(path):
+        with open("/proc/sys/kernel/modprobe", "w", encoding="utf-8") as fh:
+            fh.write(path)
 
 
 def reseed_random(seed: bytes) -> None:

@@ -12,14 +12,18 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cocoon.hypervisor.hostclock import kernel_params as clock_params
+
 # Boot tuning measured under TCG (shared/facts/host.md §2): skip crypto self
-# tests and the W+X check, calibrate the TSC from a constant, one UART.
+# tests and the W+X check, one UART. The TSC frequency comes from the host
+# (VMPlan.tsc_khz, cocoon.hypervisor.hostclock).
 BASE_KERNEL_PARAMS = (
-    "console=ttyS0 quiet panic=-1 tsc_early_khz=2500000 lpj=10000000 cryptomgr.notests "
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests "
     "rodata=off tsc=reliable mitigations=off audit=0 nowatchdog i8042.noaux i8042.nokbd "
     "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cocoon.root=/dev/vda"
 )
 SHARE_TAG = "cocoon"
+DEBUG_PORT_NAME = "cocoon.debug"
 MEMORY_BLOCK_MIB = 128  # x86 guests online hot-added memory in 128 MiB blocks
 MACHINES = ("pc", "microvm")
 # Host CPU flags the guest's emulated CPU offers too, when the host has them:
@@ -87,6 +91,12 @@ class VMPlan:
     nics: tuple[NicArg, ...] = ()
     # Extra flags of the emulated CPU (TCG); part of the argv, so of a template's key.
     cpu_features: tuple[str, ...] = field(default_factory=host_cpu_features)
+    # The host's TSC frequency (kHz): the guest's clock runs at the host's rate
+    # only if its kernel is told (tsc_early_khz=, lpj=). 0: let it calibrate.
+    tsc_khz: int = 0
+    # ``[agent] debug_console``: a virtio console port whose host end is this
+    # socket; the guest runs a root shell on it (cocoon debug-console).
+    debug_socket: Path | None = None
 
     @property
     def cpu_hotplug(self) -> bool:
@@ -168,7 +178,15 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-initrd",
         str(plan.initrd),
         "-append",
-        " ".join([BASE_KERNEL_PARAMS, *_hotplug_params(plan), *plan.extra_kernel_params]),
+        " ".join(
+            [
+                BASE_KERNEL_PARAMS,
+                *clock_params(plan.tsc_khz),
+                *_hotplug_params(plan),
+                *(["cocoon.debug_console=1"] if plan.debug_socket is not None else []),
+                *plan.extra_kernel_params,
+            ]
+        ),
         # Guest console (kernel, init and agent logs) into a file.
         "-chardev",
         f"file,id=console,path={plan.console_log}",
@@ -190,6 +208,14 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-device",
         "virtserialport,bus=vser0.0,chardev=agent,name=agent0",
     ]
+    if plan.debug_socket is not None:
+        # A console port (a tty in the guest: /dev/hvc0) on the same bus.
+        argv += [
+            "-chardev",
+            f"socket,id=debugcon,path={plan.debug_socket},server=on,wait=off",
+            "-device",
+            f"virtconsole,bus=vser0.0,chardev=debugcon,name={DEBUG_PORT_NAME}",
+        ]
     # The read-only guest root image (erofs) on virtio-blk.
     argv += [
         "-drive",

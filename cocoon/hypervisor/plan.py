@@ -12,6 +12,7 @@ from pathlib import Path
 from cocoon.assets import GuestAssets
 from cocoon.config.settings import Settings
 from cocoon.hypervisor.cmdline import SharePlan, VMPlan
+from cocoon.hypervisor.hostclock import host_tsc_khz
 
 
 def vm_plan(
@@ -23,7 +24,9 @@ def vm_plan(
     agent_socket: Path,
     console_log: Path,
     share: SharePlan | None,
+    debug_socket: Path | None = None,
 ) -> VMPlan:
+    """``debug_socket``: where the debug console's host end goes, if the settings want one."""
     dynamic = settings.dynamic
     return VMPlan(
         qemu=settings.qemu,
@@ -44,4 +47,6 @@ def vm_plan(
         max_vcpus=settings.max_vcpus if dynamic else 0,
         max_memory_mib=settings.max_memory_mib if dynamic else 0,
         memory_slots=settings.memory_slots if dynamic else 0,
+        tsc_khz=host_tsc_khz(),
+        debug_socket=debug_socket if settings.debug_console else None,
     )

@@ -52,6 +52,7 @@ class SandboxPaths:
     qmp_sock = property(lambda self: self._s("qmp.sock"))
     agent_sock = property(lambda self: self._s("agent.sock"))
     vfs_sock = property(lambda self: self._s("vfs.sock"))
+    debug_sock = property(lambda self: self._s("debug.sock"))  # [agent] debug_console
     console_log = property(lambda self: self._p("console.log"))
     qemu_log = property(lambda self: self._p("qemu.log"))
     service_log = property(lambda self: self._p("service.log"))

@@ -131,6 +131,7 @@ class Sandbox:
         self.death_reason = ""
         self.stopped = asyncio.Event()
         self._boot_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
         self.timings: dict[str, float] = {}
         # Called with each host PID that stands for a guest process (the stubs),
         # so it joins the VMM's host cgroup.
@@ -213,12 +214,28 @@ class Sandbox:
                 ],
                 time_ns=time.time_ns(),
                 seed=secrets.token_bytes(64),
+                kernel_modules=list(self.settings.kernel_modules),
             )
         )
         self._mark("sandbox_ready")
         self.state = SandboxState.READY
+        if self.settings.clock_sync_interval > 0:
+            self._clock_task = asyncio.get_running_loop().create_task(self._clock_loop())
         t0 = self.timings["boot_start"]
         log.info("ready: %s", " ".join(f"{k}=+{v - t0:.3f}s" for k, v in self.timings.items()))
+
+    async def _clock_loop(self) -> None:
+        """Keep the guest's clock on the host's for the VM's whole life (a safety net)."""
+        from cocoon.service.clocksync import sync_once
+
+        while self.state == SandboxState.READY and self.agent is not None:
+            await asyncio.sleep(self.settings.clock_sync_interval)
+            if self.state != SandboxState.READY or self.agent is None:
+                return
+            try:
+                await sync_once(self.agent)
+            except (CocoonError, TimeoutError) as exc:
+                log.info("guest clock: this round failed: %s", exc)
 
     def _vm_plan(self, share: SharePlan) -> VMPlan:
         return vm_plan(
@@ -229,6 +246,7 @@ class Sandbox:
             agent_socket=self.paths.agent_sock,
             console_log=self.paths.console_log,
             share=share,
+            debug_socket=self.paths.debug_sock,
         )
 
     async def _attach_network(self) -> None:
@@ -255,7 +273,9 @@ class Sandbox:
         self.network = late
 
     async def _start_cold(self, plan: VMPlan) -> None:
-        for sock in (plan.qmp_socket, plan.agent_socket):  # a failed clone's
+        for sock in (plan.qmp_socket, plan.agent_socket, plan.debug_socket):  # a failed clone's
+            if sock is None:
+                continue
             sock.unlink(missing_ok=True)
         self.vm = QemuVM(plan, self.paths.qemu_log)
         await self.vm.start(pass_fds=tuple(n.fd for n in plan.nics))
@@ -370,6 +390,8 @@ class Sandbox:
         if self.state in (SandboxState.STOPPING, SandboxState.STOPPED):
             return
         self.state = SandboxState.DEAD
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         self.death_reason = self._death_reason()
         log.error("%s", self.death_reason)
         if self.agent is not None:
@@ -743,6 +765,8 @@ class Sandbox:
             return
         was_ready = self.state == SandboxState.READY
         self.state = SandboxState.STOPPING
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         if self._boot_task is not None and not self._boot_task.done():
             self._boot_task.cancel()
             with contextlib.suppress(BaseException):

@@ -12,6 +12,10 @@ from typing import Any
 
 SERVICE = "cocoon.agent.v1.Agent"
 AGENT_PORT_NAME = "agent0"
+# ``[agent] debug_console``: the guest writes this, the exit status and "]" on
+# the console when its shell ends (then starts another); `cocoon debug-console`
+# ends there with that status.
+DEBUG_EXIT_MARK = b"[cocoon debug console: the shell exited with status "
 
 
 @dataclass
@@ -47,6 +51,26 @@ class CreateSandboxRequest:
     time_ns: int = 0  # host CLOCK_REALTIME; a restored VM's clock is stale
     seed: bytes = b""  # host randomness mixed into the guest CRNG
     dns: list[str] = field(default_factory=list)
+    # ``[agent] kernel_modules``: "name [param=value ...]", loaded with modprobe.
+    kernel_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReadClockResponse:
+    """The guest's CLOCK_REALTIME when the request was handled."""
+
+    time_ns: int
+
+
+@dataclass
+class AdjustClockRequest:
+    """Move the guest's CLOCK_REALTIME by ``delta_ns``: stepped at once when ``step``,
+    else slewed (adjtime: 0.5 ms per second, monotonic time never jumps).
+
+    A delta, not a time: how long the request travelled does not matter."""
+
+    delta_ns: int
+    step: bool = False
 
 
 @dataclass
@@ -250,4 +274,6 @@ METHODS: dict[str, tuple[type, type]] = {
     "StatsContainer": (ContainerRequest, StatsResponse),
     "OnlineCPUMem": (OnlineCPUMemRequest, OnlineCPUMemResponse),
     "UpdateNetwork": (UpdateNetworkRequest, Empty),
+    "ReadClock": (Empty, ReadClockResponse),
+    "AdjustClock": (AdjustClockRequest, Empty),
 }

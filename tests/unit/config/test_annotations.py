@@ -74,9 +74,35 @@ def test_kernel_params_are_appended() -> None:
 MODULES = "e1000e InterruptThrottleRate=3000,3000,3000 EEE=1; i915 enable_ppgtt=0"
 
 
-def test_agent_and_runtime_keys_need_no_allowlist() -> None:
+def with_agent(**kw: Any) -> Config:
+    return replace(DEFAULTS, agent=replace(DEFAULTS.agent, **kw))
+
+
+def test_debug_console_by_annotation_only_if_allowed() -> None:
+    ann = {C + "agent.debug_console": "true"}
+    with pytest.raises(InvalidArgument) as err:
+        apply_annotations(DEFAULTS, ann)
+    assert str(err.value) == (
+        "annotation io.cocoon.config.agent.debug_console: not allowed: debug_console matches "
+        'no regex in [agent] enable_annotations ["dial_timeout", "kernel_modules"]'
+    )
+    allowed = with_agent(enable_annotations=("debug_console",))
+    assert apply_annotations(allowed, ann).agent.debug_console is True
+
+
+def test_agent_keys_follow_their_own_allowlist() -> None:
+    with pytest.raises(InvalidArgument, match=r"\[agent\] enable_annotations \[\]"):
+        apply_annotations(with_agent(enable_annotations=()), {C + "agent.dial_timeout": "7"})
+    with pytest.raises(InvalidArgument, match="cannot be set by annotation"):
+        apply_annotations(DEFAULTS, {C + "agent.clock_sync_interval": "1"})
+
+
+def test_agent_and_runtime_keys_need_no_hypervisor_allowlist() -> None:
     cfg = apply_annotations(
-        with_hv(enable_annotations=()),
+        replace(
+            with_hv(enable_annotations=()),
+            agent=replace(DEFAULTS.agent, enable_annotations=(".*_.*",)),
+        ),
         {
             K + "agent.kernel_modules": MODULES,
             C + "agent.dial_timeout": "7.5",
@@ -229,7 +255,8 @@ def test_path_allowed(path: str, globs: tuple[str, ...], ok: bool) -> None:
         ({C + "hypervisor.default_vcpus": ""}, "default_vcpus: expected"),
         ({C + "hypervisor.default_memory": "64"}, "default_memory: expected an integer >= 128"),
         ({C + "hypervisor.default_memory": "-1"}, "default_memory: expected"),
-        ({C + "agent.debug_console": "yes"}, "debug_console: expected true or false"),
+        ({C + "agent.kernel_modules": "--config=/x"}, "kernel_modules: expected"),
+        ({C + "agent.kernel_modules": "br/../x"}, "kernel_modules: expected"),
         ({C + "agent.dial_timeout": "0"}, "dial_timeout: expected a number of seconds > 0"),
         (
             {C + "runtime.internetworking_model": "macvtap"},

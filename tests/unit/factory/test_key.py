@@ -35,8 +35,24 @@ def test_what_the_vm_is_changes_the_key(plan: VMPlan) -> None:
         {"extra_kernel_params": ("quiet",)},
         {"max_memory_mib": 4096},
         {"accel": "kvm"},
+        {"tsc_khz": 2100000},
     ):
         assert key(replace(plan, **change)) != base, change  # type: ignore[arg-type]
+
+
+def test_another_host_tsc_gives_another_template(plan: VMPlan) -> None:
+    """A template made on a 2500 MHz host is never cloned on a 2100 MHz one."""
+    here = replace(plan, tsc_khz=2100000)
+    there = replace(plan, tsc_khz=2500000)
+    assert key(here) != key(there)
+    assert any("tsc_early_khz=2100000" in a for a in template_argv(here))
+
+
+def test_the_debug_console_is_part_of_the_template(plan: VMPlan, tmp_path: Path) -> None:
+    a = replace(plan, debug_socket=tmp_path / "vm1" / "debug.sock")
+    b = replace(plan, debug_socket=tmp_path / "vm2" / "debug.sock")
+    assert key(a) == key(b) != key(plan)
+    assert str(tmp_path / "vm1") not in " ".join(template_argv(a))
 
 
 def test_rebuilt_assets_change_the_key(plan: VMPlan) -> None:

@@ -43,7 +43,17 @@ def test_pc_defaults_are_minimal_and_pvh() -> None:
     assert "-incoming" not in argv and not any("memory-backend" in a for a in argv)
     assert ("-drive", "file=/a/root.erofs,if=none,id=root,format=raw,readonly=on") in p
     append = dict(p)["-append"]
-    assert "tsc_early_khz=2500000" in append and "cocoon.root=/dev/vda" in append
+    assert "cocoon.root=/dev/vda" in append
+    assert "tsc_early_khz" not in append and "lpj=" not in append  # unknown host TSC
+
+
+def test_the_guest_clock_runs_at_the_host_tsc_rate() -> None:
+    append = dict(pairs(build_argv(plan(tsc_khz=2100000))))["-append"].split()
+    assert "tsc_early_khz=2100000" in append and "lpj=8400000" in append
+    # The configured kernel_params come after, so they can override it.
+    extra = build_argv(plan(tsc_khz=2100000, extra_kernel_params=("tsc_early_khz=1",)))
+    params = dict(pairs(extra))["-append"].split()
+    assert params.index("tsc_early_khz=1") > params.index("tsc_early_khz=2100000")
 
 
 def test_microvm_uses_mmio_and_modern_virtio() -> None:
@@ -154,3 +164,12 @@ def test_guest_cpu_offers_1g_pages_where_the_host_has_them(tmp_path: Path) -> No
     argv = build_argv(plan(machine="microvm", cpu_features=("pdpe1gb",)))
     assert ("-cpu", "qemu64,+arat,+pdpe1gb") in pairs(argv)
     assert ("-cpu", "host") in pairs(build_argv(plan(accel="kvm", cpu_features=("pdpe1gb",))))
+
+
+def test_the_debug_console_is_a_console_port_only_when_asked_for() -> None:
+    assert not any("virtconsole" in a for a in build_argv(plan()))
+    argv = build_argv(plan(debug_socket=Path("/s/debug.sock")))
+    p = pairs(argv)
+    assert ("-chardev", "socket,id=debugcon,path=/s/debug.sock,server=on,wait=off") in p
+    assert ("-device", "virtconsole,bus=vser0.0,chardev=debugcon,name=cocoon.debug") in p
+    assert "cocoon.debug_console=1" in dict(p)["-append"].split()
