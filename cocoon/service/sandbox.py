@@ -347,10 +347,17 @@ class Sandbox:
         return proc
 
     async def create_container(
-        self, cid: str, bundle_dir: str, stdin: bool, pod_sandbox: str = ""
+        self,
+        cid: str,
+        bundle_dir: str,
+        stdin: bool,
+        pod_sandbox: str = "",
+        local_rootfs: bool = False,
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
-        sandbox whose IPC, UTS and network namespaces it joins (a pod member)."""
+        sandbox whose IPC, UTS and network namespaces it joins (a pod member).
+        ``local_rootfs``: this process mounted the rootfs itself (the shim), so it is
+        taken from its own mount namespace; every other source from the host's."""
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
         bundle = load_bundle(bundle_dir)
@@ -358,7 +365,8 @@ class Sandbox:
         agent = await self.ready()
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
-        self.share.apply_binds(plan.binds)
+        local = frozenset({bundle.rootfs}) if local_rootfs else frozenset()
+        self.share.apply_binds(plan.binds, local, plan.guest_spec.get("mounts") or [])
         try:
             await agent.create_container(
                 w.CreateContainerRequest(

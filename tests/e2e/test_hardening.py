@@ -1,0 +1,126 @@
+"""The guest attacks the share, with every capability (a stand-in for a compromised guest
+kernel): read-only must hold at the host side, and nothing the host would honour (a
+setuid/setgid file, a device node, a file of a foreign owner) may appear there."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Env
+
+ALL_CAPS = [
+    f"CAP_{n}"
+    for n in (
+        "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+        "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+        "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+        "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+        "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ"
+    ).split()
+]
+FS = {"9p": "virtio-9p", "virtiofs": "virtiofs"}
+
+
+def _all_caps(env: Env, b: Path) -> None:
+    import json
+
+    spec = json.loads((b / "config.json").read_text())
+    spec["process"]["capabilities"] = {k: ALL_CAPS for k in ("bounding", "effective", "permitted")}
+    spec["process"]["noNewPrivileges"] = False
+    (b / "config.json").write_text(json.dumps(spec))
+
+
+def _run(env: Env, b: Path, cid: str, fs: str) -> subprocess.CompletedProcess[bytes]:
+    r = env.run("run", "--bundle", str(b), cid, env={"COCOON_SHARED_FS": FS[fs]})
+    return r
+
+
+def _volume(env: Env, name: str) -> Path:
+    d = env.work / name
+    d.mkdir(mode=0o755)
+    (d / "orig").write_text("host data\n")
+    return d
+
+
+@pytest.mark.parametrize("fs", ["9p", "virtiofs"])
+def test_readonly_holds_at_the_host_side(env: Env, fs: str) -> None:
+    ro = _volume(env, "ro")
+    script = (
+        "mount -o remount,rw / && echo root-remounted;"
+        "echo pwned > /pwned; echo pwned > /etc/passwd;"
+        "mount -o remount,rw /ro && echo ro-remounted;"
+        "echo pwned > /ro/orig; echo pwned > /ro/new; echo end"
+    )
+    mounts = [{"destination": "/ro", "type": "bind", "source": str(ro), "options": ["rbind", "ro"]}]
+    b = env.bundle(["/bin/sh", "-c", script], root={"path": "rootfs", "readonly": True})
+    _all_caps(env, b)
+    _add_mounts(b, mounts)
+    r = _run(env, b, f"ro{fs}", fs)
+    out = r.stdout.decode()
+    assert "end" in out, (out, r.stderr.decode())
+    rootfs = b / "rootfs"
+    assert not (rootfs / "pwned").exists()
+    assert (rootfs / "etc" / "passwd").read_text().startswith("root:x:0:0")
+    assert (ro / "orig").read_text() == "host data\n"
+    assert not (ro / "new").exists()
+
+
+def _add_mounts(b: Path, mounts: list[dict[str, object]]) -> None:
+    import json
+
+    spec = json.loads((b / "config.json").read_text())
+    spec["mounts"] += mounts
+    (b / "config.json").write_text(json.dumps(spec))
+
+
+PLANT = (
+    "cp /bin/busybox {d}/suid && chmod 6755 {d}/suid; "
+    "mkdir -p {d}/gdir && chmod 2775 {d}/gdir; "
+    "mknod {d}/cdev c 1 3; mknod {d}/bdev b 7 0; "
+    "touch {d}/owned && chown 4242:4242 {d}/owned; "
+    "echo data > {d}/data; "
+)
+
+
+@pytest.mark.parametrize("fs", ["9p", "virtiofs"])
+def test_guest_plants_nothing_the_host_would_honour(env: Env, fs: str) -> None:
+    rw = _volume(env, "rw")
+    script = PLANT.format(d="") + PLANT.format(d="/rw") + "stat -c '%a %u %F' /suid; echo end"
+    b = env.bundle(["/bin/sh", "-c", script], root={"path": "rootfs", "readonly": False})
+    _all_caps(env, b)
+    _add_mounts(
+        b, [{"destination": "/rw", "type": "bind", "source": str(rw), "options": ["rbind"]}]
+    )
+    before = _special_files(b / "rootfs")
+    r = _run(env, b, f"pl{fs}", fs)
+    out = r.stdout.decode()
+    assert "end" in out, (out, r.stderr.decode())
+    if fs == "9p":
+        # The guest keeps its own view: mapped into xattrs, not onto the host file.
+        assert "6755 0 regular file" in out, out
+    for top in (b / "rootfs", rw):
+        found = _special_files(top) - before
+        assert not found, found
+        # What the container wrote stays usable by the engine.
+        assert (top / "data").read_text() == "data\n"
+
+
+def _special_files(top: Path) -> set[str]:
+    """setuid/setgid files, device nodes, and files of owners other than root."""
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                found.add(f"{p}: mode {oct(st.st_mode)}")
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                found.add(f"{p}: device")
+            if st.st_uid != 0 or st.st_gid != 0:
+                found.add(f"{p}: owner {st.st_uid}:{st.st_gid}")
+    return found
