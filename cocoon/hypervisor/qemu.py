@@ -12,14 +12,13 @@ import contextlib
 import enum
 import logging
 import os
-import shlex
 import signal
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import CocoonError, Unavailable
 from cocoon.hypervisor.cmdline import VMPlan, build_argv
-from cocoon.procutil import die_with_parent
+from cocoon.hypervisor.jail import Jail, preexec
 
 log = logging.getLogger("cocoon.qemu")
 
@@ -74,7 +73,7 @@ class QemuVM:
                     stderr=logf,
                     pass_fds=pass_fds,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(),
+                    preexec_fn=preexec(Jail()),
                 )
             except OSError as exc:
                 raise CocoonError(f"cannot start QEMU {self.plan.qemu}", exc) from exc
@@ -216,17 +215,38 @@ class QemuVM:
                 raise CocoonError(f"{what} did not complete within {timeout:g}s ({status})")
             await asyncio.sleep(0.005)
 
+    async def _pass_fd(self, fd: int, name: str) -> None:
+        """Hand ``fd`` to QEMU as ``name`` (QMP getfd): its seccomp sandbox forbids
+        spawning the ``exec:`` helpers, and it cannot open paths it is not given."""
+        if self.state != VMState.RUNNING or self.qmp is None:
+            raise Unavailable(f"VM is {self.state.value}")
+        try:
+            self.qmp.send_fd_scm(fd)
+        except Exception as exc:
+            raise CocoonError(f"cannot pass {name} to QEMU", exc) from exc
+        await self.execute("getfd", {"fdname": name})
+
     async def save_state(self, path: Path, timeout: float = 30.0) -> None:
         """Stop the guest and write its device state (not its RAM) to ``path``."""
         await self.execute("stop")
         await self._ignore_shared_ram()
-        await self.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await self._pass_fd(fd, "migrate-out")
+        finally:
+            os.close(fd)
+        await self.execute("migrate", {"uri": "fd:migrate-out"})
         await self._migration_done("saving the VM state", timeout)
 
     async def restore(self, path: Path, timeout: float = 30.0) -> None:
         """Load the device state in ``path`` into this ``-incoming defer`` VM and run it."""
         await self._ignore_shared_ram()
-        await self.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"})
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await self._pass_fd(fd, "migrate-in")
+        finally:
+            os.close(fd)
+        await self.execute("migrate-incoming", {"uri": "fd:migrate-in"})
         await self._migration_done("restoring the VM state", timeout)
         # The template was stopped before it was saved, so the clone arrives paused.
         await self.execute("cont")
