@@ -123,3 +123,39 @@ def _special_files(top: Path) -> set[str]:
             if st.st_uid != 0 or st.st_gid != 0:
                 found.add(f"{p}: owner {st.st_uid}:{st.st_gid}")
     return found
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+@pytest.mark.parametrize("fs", ["9p", "virtiofs"])
+def test_qemu_and_virtiofsd_run_jailed(env: Env, fs: str) -> None:
+    import json
+
+    from cocoon.hypervisor.jail import FILE_CAPS, VIRTIOFSD_CAPS
+
+    b = env.bundle(["/bin/sleep", "600"])
+    r = env.run(
+        "create", "--bundle", str(b), f"j{fs}", env={"COCOON_SHARED_FS": FS[fs]}, capture=False
+    )
+    assert r.returncode == 0, (env.work / "out.log").read_text()
+    try:
+        state = json.loads((env.root / f"j{fs}" / "state.json").read_text())
+        procs = [(state["qemu_pid"], FILE_CAPS, "2")]
+        if fs == "virtiofs":
+            # virtiofsd lowers its own set further and installs its own filter.
+            procs.append((state["virtiofsd_pid"], VIRTIOFSD_CAPS, "2"))
+        for pid, caps, seccomp in procs:
+            st = _status(pid)
+            allowed = sum(1 << c for c in caps)
+            assert st["Uid"].split()[1] == "0", st["Uid"]  # see docs/security-share.md
+            assert int(st["CapBnd"], 16) & ~allowed == 0, (pid, st["CapBnd"])
+            assert int(st["CapEff"], 16) & ~allowed == 0, (pid, st["CapEff"])
+            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == seccomp, st
+    finally:
+        assert env.run("delete", "--force", f"j{fs}").returncode == 0
