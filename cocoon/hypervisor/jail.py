@@ -33,6 +33,9 @@ PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 SECCOMP_MODE_FILTER = 2
 CAP_LAST = 40  # CAP_CHECKPOINT_RESTORE
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 0, 1, 2, 3
@@ -164,10 +167,13 @@ def run_filter(prog: list[tuple[int, int, int, int]], nr: int, args: list[int]) 
 
 @dataclass(frozen=True)
 class Jail:
-    """What a share-serving process keeps: capability numbers (nothing else survives)."""
+    """What a share-serving process keeps: capability numbers (nothing else survives),
+    and the uid/gid it runs as (0 = stay root; otherwise the kept capabilities are
+    ambient, so they survive ``exec`` as that uid)."""
 
     caps: tuple[int, ...] = FILE_CAPS
     seccomp: bool = True
+    uid: int = 0
 
 
 def preexec(jail: Jail) -> Callable[[], None]:
@@ -194,13 +200,25 @@ def preexec(jail: Jail) -> Callable[[], None]:
     data = (ctypes.c_uint32 * 6)(keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, 0, 0, 0)
     sys_capset = 126
 
+    uid = jail.uid
+
     def run() -> None:
         prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
         for cap in range(CAP_LAST + 1):
             if not keep & (1 << cap):
                 prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        if uid:
+            prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+            if libc.setgroups(0, None) or libc.setresgid(uid, uid, uid):
+                raise OSError(ctypes.get_errno(), "setresgid")
+            if libc.setresuid(uid, uid, uid):
+                raise OSError(ctypes.get_errno(), "setresuid")
         if syscall(sys_capset, header, data) != 0:
             raise OSError(ctypes.get_errno(), "capset")
+        if uid:
+            for cap in jail.caps:
+                if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "ambient capabilities")
         if jail.seccomp:
             if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "no_new_privs")

@@ -19,6 +19,7 @@ from typing import Any
 from cocoon.errors import CocoonError, Unavailable
 from cocoon.hypervisor.cmdline import VMPlan, build_argv
 from cocoon.hypervisor.jail import Jail, preexec
+from cocoon.hypervisor.uids import UidLease, lease
 
 log = logging.getLogger("cocoon.qemu")
 
@@ -46,6 +47,7 @@ class QemuVM:
         self.qmp: Any = None
         self.exited = asyncio.Event()
         self.exit_code: int | None = None
+        self._uid: UidLease | None = None
 
     @property
     def pid(self) -> int:
@@ -63,7 +65,8 @@ class QemuVM:
         if self.state != VMState.NEW:
             raise CocoonError(f"cannot start a VM in state {self.state.value}")
         argv = build_argv(self.plan)
-        log.info("starting %s", " ".join(argv))
+        self._uid = lease(str(self.plan.qmp_socket))
+        log.info("starting as uid %d: %s", self._uid.uid, " ".join(argv))
         with open(self.qemu_log, "ab") as logf:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -73,9 +76,10 @@ class QemuVM:
                     stderr=logf,
                     pass_fds=pass_fds,
                     start_new_session=True,
-                    preexec_fn=preexec(Jail()),
+                    preexec_fn=preexec(Jail(uid=self._uid.uid)),
                 )
             except OSError as exc:
+                self._uid.release()
                 raise CocoonError(f"cannot start QEMU {self.plan.qemu}", exc) from exc
         asyncio.get_running_loop().create_task(self._watch())
         try:
@@ -88,6 +92,8 @@ class QemuVM:
     async def _watch(self) -> None:
         assert self.proc is not None
         self.exit_code = await self.proc.wait()
+        if self._uid is not None:
+            self._uid.release()  # nothing runs as that uid any more
         self.state = VMState.STOPPED
         self.exited.set()
         log.info("QEMU %s", describe_exit(self.exit_code))

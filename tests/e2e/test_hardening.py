@@ -138,6 +138,7 @@ def test_qemu_and_virtiofsd_run_jailed(env: Env, fs: str) -> None:
     import json
 
     from cocoon.hypervisor.jail import FILE_CAPS, VIRTIOFSD_CAPS
+    from cocoon.hypervisor.uids import UID_BASE, UID_COUNT
 
     b = env.bundle(["/bin/sleep", "600"])
     r = env.run(
@@ -146,16 +147,22 @@ def test_qemu_and_virtiofsd_run_jailed(env: Env, fs: str) -> None:
     assert r.returncode == 0, (env.work / "out.log").read_text()
     try:
         state = json.loads((env.root / f"j{fs}" / "state.json").read_text())
-        procs = [(state["qemu_pid"], FILE_CAPS, "2")]
+        qemu = state["qemu_pid"]
+        uids = {int(u) for u in _status(qemu)["Uid"].split()}
+        gids = {int(g) for g in _status(qemu)["Gid"].split()}
+        # QEMU: a uid of its own (real, effective, saved, fs), no root group.
+        assert len(uids) == 1 and UID_BASE <= uids.pop() < UID_BASE + UID_COUNT, uids
+        assert len(gids) == 1 and 0 not in gids, gids
+        procs = [(qemu, FILE_CAPS)]
         if fs == "virtiofs":
-            # virtiofsd lowers its own set further and installs its own filter.
-            procs.append((state["virtiofsd_pid"], VIRTIOFSD_CAPS, "2"))
-        for pid, caps, seccomp in procs:
+            # virtiofsd stays uid 0 (it switches to the guest's uid per request) and
+            # lowers its own set further; it installs its own filter as well.
+            procs.append((state["virtiofsd_pid"], VIRTIOFSD_CAPS))
+        for pid, caps in procs:
             st = _status(pid)
             allowed = sum(1 << c for c in caps)
-            assert st["Uid"].split()[1] == "0", st["Uid"]  # see docs/security-share.md
             assert int(st["CapBnd"], 16) & ~allowed == 0, (pid, st["CapBnd"])
             assert int(st["CapEff"], 16) & ~allowed == 0, (pid, st["CapEff"])
-            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == seccomp, st
+            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
     finally:
         assert env.run("delete", "--force", f"j{fs}").returncode == 0
