@@ -48,3 +48,39 @@ def test_host_mounts_under_a_shared_source_reach_a_running_container(env: Env) -
     finally:
         for m in mounted:
             subprocess.run(["umount", str(m)], check=False)
+
+
+def test_readonly_rootfs_gets_mount_points_for_its_volumes(env: Env) -> None:
+    vol = env.work / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("dir volume\n")
+    one = env.work / "one"
+    one.write_text("file volume\n")
+    b = env.bundle(["/bin/sh", "-c", "cat /data/new/f /etc/extra/one; echo x > /x || true"])
+    spec = json.loads((b / "config.json").read_text())
+    assert spec["root"]["readonly"] is True
+    spec["mounts"] += [
+        {"destination": "/data/new", "type": "bind", "source": str(vol), "options": ["rbind"]},
+        {"destination": "/etc/extra/one", "type": "bind", "source": str(one), "options": ["bind"]},
+    ]
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cmp")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"dir volume\nfile volume\n"
+    assert b"Read-only file system" in r.stderr
+    rootfs = b / "rootfs"
+    assert (rootfs / "data" / "new").is_dir() and (rootfs / "etc" / "extra" / "one").is_file()
+
+
+def test_a_missing_bind_source_is_one_line_and_leaves_nothing(env: Env) -> None:
+    b = env.bundle(["/bin/true"])
+    spec = json.loads((b / "config.json").read_text())
+    missing = env.work / "gone"
+    spec["mounts"].append(
+        {"destination": "/v", "type": "bind", "source": str(missing), "options": ["rbind"]}
+    )
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cmiss")
+    assert r.returncode == 1
+    errors = [x for x in r.stderr.decode().splitlines() if "warning" not in x]
+    assert errors == [f"cocoon: bind source {missing} does not exist"], errors
