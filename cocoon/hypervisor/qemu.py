@@ -18,7 +18,7 @@ from typing import Any
 
 from cocoon.errors import CocoonError, Unavailable
 from cocoon.hypervisor.cmdline import VMPlan, build_argv
-from cocoon.hypervisor.jail import Jail, preexec
+from cocoon.hypervisor.jail import CAP_SYS_CHROOT, FILE_CAPS, Jail, preexec
 from cocoon.hypervisor.uids import UidLease, lease
 
 log = logging.getLogger("cocoon.qemu")
@@ -39,9 +39,12 @@ def describe_exit(code: int | None) -> str:
 
 
 class QemuVM:
-    def __init__(self, plan: VMPlan, qemu_log: Path) -> None:
+    def __init__(self, plan: VMPlan, qemu_log: Path, chroot: Path | None = None) -> None:
         self.plan = plan
         self.qemu_log = qemu_log
+        # An empty directory QEMU chroots into once its devices are up (QEMU's
+        # -chroot): from then on it opens nothing by path, only what it holds.
+        self.chroot = chroot
         self.state = VMState.NEW
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: Any = None
@@ -65,6 +68,10 @@ class QemuVM:
         if self.state != VMState.NEW:
             raise CocoonError(f"cannot start a VM in state {self.state.value}")
         argv = build_argv(self.plan)
+        caps: tuple[int, ...] = FILE_CAPS
+        if self.chroot is not None:
+            argv += ["-chroot", str(self.chroot)]
+            caps = (*FILE_CAPS, CAP_SYS_CHROOT)
         self._uid = lease(str(self.plan.qmp_socket))
         log.info("starting as uid %d: %s", self._uid.uid, " ".join(argv))
         with open(self.qemu_log, "ab") as logf:
@@ -76,7 +83,7 @@ class QemuVM:
                     stderr=logf,
                     pass_fds=pass_fds,
                     start_new_session=True,
-                    preexec_fn=preexec(Jail(uid=self._uid.uid)),
+                    preexec_fn=preexec(Jail(caps, uid=self._uid.uid)),
                 )
             except OSError as exc:
                 self._uid.release()

@@ -225,7 +225,7 @@ class Sandbox:
     async def _start_cold(self, plan: VMPlan) -> None:
         for sock in (plan.qmp_socket, plan.agent_socket):  # a failed clone's
             sock.unlink(missing_ok=True)
-        self.vm = QemuVM(plan, self.paths.qemu_log)
+        self.vm = QemuVM(plan, self.paths.qemu_log, self._jail_dir())
         await self.vm.start(pass_fds=tuple(n.fd for n in plan.nics))
         self._mark("qemu_started")
         asyncio.get_running_loop().create_task(self._watch_vm())
@@ -257,7 +257,7 @@ class Sandbox:
             memory_shared=False,
             incoming=True,
         )
-        self.vm = vm = QemuVM(clone, self.paths.qemu_log)
+        self.vm = vm = QemuVM(clone, self.paths.qemu_log, self._jail_dir())
         try:
             await vm.start()
             self._mark("qemu_started")
@@ -277,6 +277,24 @@ class Sandbox:
         asyncio.get_running_loop().create_task(self._watch_vm())
         self.vcpus, self.memory_mib = tmpl.meta.vcpus, tmpl.meta.memory_mib
         return True
+
+    def _jail_dir(self) -> Path:
+        """QEMU's chroot: empty but for a procfs of processes only (its 9p server
+        chmods through /proc/self/fd); no /proc/sys, no sysrq-trigger."""
+        jail = self.paths.dir / "jail"
+        proc = jail / "proc"
+        if not proc.is_dir():
+            proc.mkdir(parents=True)
+            from cocoon.storage import mounts
+
+            mounts.mount(
+                "proc",
+                str(proc),
+                "proc",
+                mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC,
+                "subset=pid,hidepid=invisible",
+            )
+        return jail
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)

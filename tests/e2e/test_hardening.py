@@ -83,7 +83,7 @@ PLANT = (
     "mkdir -p {d}/gdir && chmod 2775 {d}/gdir; "
     "mknod {d}/cdev c 1 3; mknod {d}/bdev b 7 0; "
     "touch {d}/owned && chown 4242:4242 {d}/owned; "
-    "echo data > {d}/data; "
+    "echo data > {d}/data && chmod 640 {d}/data; "
 )
 
 
@@ -107,6 +107,7 @@ def test_guest_plants_nothing_the_host_would_honour(env: Env, fs: str) -> None:
         assert found == {f"{top}/owned: owner 4242:4242"}, found
         # What the container wrote stays usable by the engine.
         assert (top / "data").read_text() == "data\n"
+        assert stat.S_IMODE((top / "data").stat().st_mode) == 0o640  # plain chmod works
 
 
 def _special_files(top: Path) -> set[str]:
@@ -137,7 +138,7 @@ def _status(pid: int) -> dict[str, str]:
 def test_qemu_and_virtiofsd_run_jailed(env: Env, fs: str) -> None:
     import json
 
-    from cocoon.hypervisor.jail import FILE_CAPS, VIRTIOFSD_CAPS
+    from cocoon.hypervisor.jail import CAP_SYS_CHROOT, FILE_CAPS, VIRTIOFSD_CAPS
     from cocoon.hypervisor.uids import UID_BASE, UID_COUNT
 
     b = env.bundle(["/bin/sleep", "600"])
@@ -153,7 +154,9 @@ def test_qemu_and_virtiofsd_run_jailed(env: Env, fs: str) -> None:
         # QEMU: a uid of its own (real, effective, saved, fs), no root group.
         assert len(uids) == 1 and UID_BASE <= uids.pop() < UID_BASE + UID_COUNT, uids
         assert len(gids) == 1 and 0 not in gids, gids
-        procs = [(qemu, FILE_CAPS)]
+        # QEMU chroots into the sandbox's empty jail dir once its devices are up.
+        assert os.readlink(f"/proc/{qemu}/root") == str(env.root / f"j{fs}" / "jail")
+        procs = [(qemu, (*FILE_CAPS, CAP_SYS_CHROOT))]
         if fs == "virtiofs":
             # virtiofsd stays uid 0 (it switches to the guest's uid per request) and
             # lowers its own set further; it installs its own filter as well.
