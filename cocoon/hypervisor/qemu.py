@@ -197,7 +197,11 @@ class QemuVM:
                 await self.execute("closefd", {"fdname": netdev_id})
             raise
         try:
-            await self.device_add("virtio-net-pci", device_id, netdev=netdev_id, mac=mac)
+            # No option ROM (no PXE boot here): QEMU would open it by path, and it
+            # has been chrooted into an empty directory since it started.
+            await self.device_add(
+                "virtio-net-pci", device_id, netdev=netdev_id, mac=mac, romfile=""
+            )
         except CocoonError:
             with contextlib.suppress(CocoonError):
                 await self.execute("netdev_del", {"id": netdev_id})
