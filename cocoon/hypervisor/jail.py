@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,8 +203,9 @@ def preexec(jail: Jail) -> Callable[[], None]:
 
     uid = jail.uid
 
+    parent = os.getpid()
+
     def run() -> None:
-        prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
         for cap in range(CAP_LAST + 1):
             if not keep & (1 << cap):
                 prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
@@ -219,6 +221,10 @@ def preexec(jail: Jail) -> Callable[[], None]:
             for cap in jail.caps:
                 if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
                     raise OSError(ctypes.get_errno(), "ambient capabilities")
+        # After the credential changes: each of them clears the parent-death signal.
+        prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent died before the signal was armed
         if jail.seccomp:
             if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "no_new_privs")

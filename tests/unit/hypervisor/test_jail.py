@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +49,35 @@ def test_other_calls_and_x32_calls() -> None:
     prog = share_filter()
     assert run_filter(prog, 0, [0, 0, 0]) == RET_ALLOW  # read
     assert run_filter(prog, 0x40000000 | NR["chmod"], [0, 0o4755]) == EPERM
+
+
+SPAWN = """
+import subprocess, sys, time
+from cocoon.hypervisor.jail import FILE_CAPS, Jail, preexec
+p = subprocess.Popen(["sleep", "60"], preexec_fn=preexec(Jail(FILE_CAPS, uid=int(sys.argv[1]))))
+print(p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing uid needs root")
+@pytest.mark.parametrize("uid", [0, 1543503999])
+def test_a_jailed_child_dies_with_its_parent(uid: int) -> None:
+    """Changing credentials clears the parent-death signal: it is armed after them."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SPAWN, str(uid)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except FileNotFoundError:
+            return
+        if "State:\tZ" in status:
+            return
+        time.sleep(0.02)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"the jailed child {child} outlived its parent")
