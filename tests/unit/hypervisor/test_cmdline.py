@@ -139,3 +139,10 @@ def test_microvm_nics_on_the_command_line_pc_none() -> None:
     assert ("-netdev", "tap,id=hostnet0,fd=7") in p
     assert ("-device", "virtio-net-device,netdev=hostnet0,id=net0,mac=aa:bb:cc:00:00:01") in p
     assert not any(k == "-netdev" for k, _ in pairs(build_argv(plan())))
+
+
+def test_qemu_runs_under_its_seccomp_sandbox() -> None:
+    for share in (None, SharePlan("9p", path=Path("/s")), SharePlan("virtiofs", socket=Path("/v"))):
+        p = pairs(build_argv(plan(share=share)))
+        sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        assert ("-sandbox", sandbox) in p
