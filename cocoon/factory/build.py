@@ -57,7 +57,8 @@ async def build_template(store: Store, plan: VMPlan, boot_timeout: float) -> Tem
         memory_shared=True,
         incoming=False,
     )
-    vm = QemuVM(tplan, work / "qemu.log")
+    (work / "jail").mkdir(mode=0o700)  # QEMU's chroot: the template VM serves no files
+    vm = QemuVM(tplan, work / "qemu.log", work / "jail")
     t0 = time.monotonic()
     try:
         await vm.start()
@@ -82,7 +83,7 @@ async def build_template(store: Store, plan: VMPlan, boot_timeout: float) -> Tem
             boot_seconds=round(boot_seconds, 3),
             save_seconds=round(save_seconds, 3),
         )
-        for scratch in ("share", "console.log", "qemu.log"):
+        for scratch in ("share", "jail", "console.log", "qemu.log"):
             path = work / scratch
             if path.is_dir():
                 path.rmdir()

@@ -172,6 +172,11 @@ def build_argv(plan: VMPlan) -> list[str]:
         "-display",
         "none",
         "-no-reboot",
+        # QEMU's seccomp filter: no obsolete calls, no setuid/setgid or
+        # capability changes, no fork/exec, no scheduler or affinity changes
+        # (on top of cocoon.hypervisor.jail's filter and dropped capabilities).
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         # PVH direct boot of the uncompressed kernel: no firmware decompression.
         "-kernel",
         str(plan.kernel),

@@ -12,14 +12,14 @@ import contextlib
 import enum
 import logging
 import os
-import shlex
 import signal
 from pathlib import Path
 from typing import Any
 
 from cocoon.errors import CocoonError, Unavailable
 from cocoon.hypervisor.cmdline import VMPlan, build_argv
-from cocoon.procutil import die_with_parent
+from cocoon.hypervisor.jail import CAP_SYS_CHROOT, FILE_CAPS, Jail, preexec
+from cocoon.hypervisor.uids import UidLease, lease
 
 log = logging.getLogger("cocoon.qemu")
 
@@ -39,14 +39,18 @@ def describe_exit(code: int | None) -> str:
 
 
 class QemuVM:
-    def __init__(self, plan: VMPlan, qemu_log: Path) -> None:
+    def __init__(self, plan: VMPlan, qemu_log: Path, chroot: Path | None = None) -> None:
         self.plan = plan
         self.qemu_log = qemu_log
+        # An empty directory QEMU chroots into once its devices are up (QEMU's
+        # -chroot): from then on it opens nothing by path, only what it holds.
+        self.chroot = chroot
         self.state = VMState.NEW
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: Any = None
         self.exited = asyncio.Event()
         self.exit_code: int | None = None
+        self._uid: UidLease | None = None
 
     @property
     def pid(self) -> int:
@@ -64,7 +68,12 @@ class QemuVM:
         if self.state != VMState.NEW:
             raise CocoonError(f"cannot start a VM in state {self.state.value}")
         argv = build_argv(self.plan)
-        log.info("starting %s", " ".join(argv))
+        caps: tuple[int, ...] = FILE_CAPS
+        if self.chroot is not None:
+            argv += ["-chroot", str(self.chroot)]
+            caps = (*FILE_CAPS, CAP_SYS_CHROOT)
+        self._uid = lease(str(self.plan.qmp_socket))
+        log.info("starting as uid %d: %s", self._uid.uid, " ".join(argv))
         with open(self.qemu_log, "ab") as logf:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -74,9 +83,10 @@ class QemuVM:
                     stderr=logf,
                     pass_fds=pass_fds,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(),
+                    preexec_fn=preexec(Jail(caps, uid=self._uid.uid)),
                 )
             except OSError as exc:
+                self._uid.release()
                 raise CocoonError(f"cannot start QEMU {self.plan.qemu}", exc) from exc
         asyncio.get_running_loop().create_task(self._watch())
         try:
@@ -89,6 +99,8 @@ class QemuVM:
     async def _watch(self) -> None:
         assert self.proc is not None
         self.exit_code = await self.proc.wait()
+        if self._uid is not None:
+            self._uid.release()  # nothing runs as that uid any more
         self.state = VMState.STOPPED
         self.exited.set()
         log.info("QEMU %s", describe_exit(self.exit_code))
@@ -185,7 +197,11 @@ class QemuVM:
                 await self.execute("closefd", {"fdname": netdev_id})
             raise
         try:
-            await self.device_add("virtio-net-pci", device_id, netdev=netdev_id, mac=mac)
+            # No option ROM (no PXE boot here): QEMU would open it by path, and it
+            # has been chrooted into an empty directory since it started.
+            await self.device_add(
+                "virtio-net-pci", device_id, netdev=netdev_id, mac=mac, romfile=""
+            )
         except CocoonError:
             with contextlib.suppress(CocoonError):
                 await self.execute("netdev_del", {"id": netdev_id})
@@ -216,17 +232,38 @@ class QemuVM:
                 raise CocoonError(f"{what} did not complete within {timeout:g}s ({status})")
             await asyncio.sleep(0.005)
 
+    async def _pass_fd(self, fd: int, name: str) -> None:
+        """Hand ``fd`` to QEMU as ``name`` (QMP getfd): its seccomp sandbox forbids
+        spawning the ``exec:`` helpers, and it cannot open paths it is not given."""
+        if self.state != VMState.RUNNING or self.qmp is None:
+            raise Unavailable(f"VM is {self.state.value}")
+        try:
+            self.qmp.send_fd_scm(fd)
+        except Exception as exc:
+            raise CocoonError(f"cannot pass {name} to QEMU", exc) from exc
+        await self.execute("getfd", {"fdname": name})
+
     async def save_state(self, path: Path, timeout: float = 30.0) -> None:
         """Stop the guest and write its device state (not its RAM) to ``path``."""
         await self.execute("stop")
         await self._ignore_shared_ram()
-        await self.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await self._pass_fd(fd, "migrate-out")
+        finally:
+            os.close(fd)
+        await self.execute("migrate", {"uri": "fd:migrate-out"})
         await self._migration_done("saving the VM state", timeout)
 
     async def restore(self, path: Path, timeout: float = 30.0) -> None:
         """Load the device state in ``path`` into this ``-incoming defer`` VM and run it."""
         await self._ignore_shared_ram()
-        await self.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"})
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await self._pass_fd(fd, "migrate-in")
+        finally:
+            os.close(fd)
+        await self.execute("migrate-incoming", {"uri": "fd:migrate-in"})
         await self._migration_done("restoring the VM state", timeout)
         # The template was stopped before it was saved, so the clone arrives paused.
         await self.execute("cont")

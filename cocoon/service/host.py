@@ -112,7 +112,7 @@ def teardown(paths: persist.SandboxPaths, sandbox: Sandbox, cgroup: HostCgroup |
     log_timings(sandbox.timings)
     if cgroup is not None:
         cgroup.leave_and_remove()
-    for mp in (sandbox.share.shared_dir, sandbox.share.mounts_dir):
+    for mp in (sandbox.share.shared_dir, sandbox.share.mounts_dir, paths.dir / "jail" / "proc"):
         with contextlib.suppress(OSError):
             umount(str(mp))
     paths.remove_sock_dir()

@@ -277,7 +277,7 @@ class Sandbox:
             if sock is None:
                 continue
             sock.unlink(missing_ok=True)
-        self.vm = QemuVM(plan, self.paths.qemu_log)
+        self.vm = QemuVM(plan, self.paths.qemu_log, self._jail_dir())
         await self.vm.start(pass_fds=tuple(n.fd for n in plan.nics))
         self._mark("qemu_started")
         asyncio.get_running_loop().create_task(self._watch_vm())
@@ -311,7 +311,7 @@ class Sandbox:
             memory_shared=False,
             incoming=True,
         )
-        self.vm = vm = QemuVM(clone, self.paths.qemu_log)
+        self.vm = vm = QemuVM(clone, self.paths.qemu_log, self._jail_dir())
         try:
             await vm.start()
             self._mark("qemu_started")
@@ -331,6 +331,24 @@ class Sandbox:
         asyncio.get_running_loop().create_task(self._watch_vm())
         self.vcpus, self.memory_mib = tmpl.meta.vcpus, tmpl.meta.memory_mib
         return True
+
+    def _jail_dir(self) -> Path:
+        """QEMU's chroot: empty but for a procfs of processes only (its 9p server
+        chmods through /proc/self/fd); no /proc/sys, no sysrq-trigger."""
+        jail = self.paths.dir / "jail"
+        proc = jail / "proc"
+        if not proc.is_dir():
+            proc.mkdir(parents=True)
+            from cocoon.storage import mounts
+
+            mounts.mount(
+                "proc",
+                str(proc),
+                "proc",
+                mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC,
+                "subset=pid,hidepid=invisible",
+            )
+        return jail
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)
@@ -423,11 +441,18 @@ class Sandbox:
         return proc
 
     async def create_container(
-        self, cid: str, bundle_dir: str, stdin: bool, pod_sandbox: str = ""
+        self,
+        cid: str,
+        bundle_dir: str,
+        stdin: bool,
+        pod_sandbox: str = "",
+        local_rootfs: bool = False,
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member), and
-        its PID namespace too when the spec names the pod's."""
+        its PID namespace too when the spec names the pod's. ``local_rootfs``: this
+        process mounted the rootfs itself (the shim), so it is taken from its own
+        mount namespace; every other source from the host's."""
         validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
@@ -445,7 +470,8 @@ class Sandbox:
         agent = await self.ready()
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
-        self.share.apply_binds(plan.binds)
+        local = frozenset({bundle.rootfs}) if local_rootfs else frozenset()
+        self.share.apply_binds(plan.binds, local, plan.guest_spec.get("mounts") or [])
         try:
             await agent.create_container(
                 w.CreateContainerRequest(

@@ -203,7 +203,11 @@ class TaskService:
                 await asyncio.to_thread(mount_rootfs, list(req.rootfs), rootfs)
             try:
                 await self.sandbox.create_container(
-                    cid, req.bundle, bool(req.stdin), pod_sandbox=pod_sandbox
+                    cid,
+                    req.bundle,
+                    bool(req.stdin),
+                    pod_sandbox=pod_sandbox,
+                    local_rootfs=rootfs is not None,
                 )
             except BaseException:
                 if rootfs is not None:

@@ -7,6 +7,9 @@ import ctypes.util
 import os
 
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
@@ -48,6 +51,9 @@ def private_mount_namespace() -> None:
     Mounts made here vanish when the last process in the namespace exits, so
     a crashed service cannot leave bind mounts behind. Call before threads start.
     """
+    from cocoon.storage.hostmount import remember_host_namespace
+
+    remember_host_namespace()  # bind sources are resolved there (cocoon.storage.hostmount)
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     mount("none", "/", None, MS_REC | MS_SLAVE)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from cocoon.errors import InvalidArgument
 from cocoon.oci.guestcg import guest_resources
 from cocoon.oci.namespaces import host_nstype, plan_namespaces
-from cocoon.storage import mounts
+from cocoon.storage import hostmount, mounts
 
 GUEST_SHARE = "/run/cocoon/shared"
 # Filesystems the guest kernel provides itself; they never cross the share.
@@ -43,7 +44,9 @@ class Bind:
     source: Path  # host path
     target: str  # relative to mounts/
     readonly: bool
-    is_dir: bool
+    # Host mounts made later under a shared source reach the guest (runc's
+    # default for binds); "rprivate"/"private" in the options stops that.
+    propagate: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class ContainerShare:
 def _is_bind(m: dict[str, Any]) -> bool:
     opts = m.get("options") or []
     return m.get("type") in ("bind", "rbind") or "bind" in opts or "rbind" in opts
+
+
+def _propagates(opts: list[str]) -> bool:
+    return not ({"private", "rprivate"} & set(opts))
 
 
 def _share_name(source: Path) -> str:
@@ -81,7 +88,7 @@ def plan_container(
     ``pod_pids``: the host PIDs standing for the containers of the pod this one
     joins (its namespace paths may name them; see cocoon.oci.namespaces).
     """
-    binds = [Bind(rootfs, f"{cid}/rootfs", readonly, True)]
+    binds = [Bind(rootfs, f"{cid}/rootfs", readonly)]
     guest = copy.deepcopy(spec)
     out_mounts = []
     for i, m in enumerate(guest.get("mounts") or []):
@@ -95,13 +102,13 @@ def plan_container(
         src = m.get("source")
         if not isinstance(src, str) or not src.startswith("/"):
             raise InvalidArgument(f"mounts[{i}] ({m['destination']}): source must be absolute")
+        # Whether it exists (and is a file or a directory) is seen where it is
+        # cloned, in the host's current mount namespace (SharedDir.apply_binds).
         source = Path(src)
-        if not source.exists():
-            raise InvalidArgument(f"mounts[{i}] ({m['destination']}): source {src} does not exist")
         opts = m.get("options") or []
         ro = "ro" in opts
         rel = f"{cid}/{i}/{_share_name(source)}"
-        binds.append(Bind(source, rel, ro, source.is_dir()))
+        binds.append(Bind(source, rel, ro, _propagates(opts)))
         out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
     guest["mounts"] = out_mounts
     proc = guest.get("process") or {}
@@ -139,17 +146,58 @@ class SharedDir:
             mounts.MS_BIND | mounts.MS_REMOUNT | mounts.MS_RDONLY,
         )
 
-    def apply_binds(self, binds: list[Bind]) -> None:
+    def apply_binds(
+        self,
+        binds: list[Bind],
+        local: frozenset[Path] = frozenset(),
+        guest_mounts: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Attach each bind's source under ``mounts/`` (see :mod:`hostmount`).
+
+        Sources are resolved in the host's current mount namespace, except those
+        in ``local`` (mounted by this process itself). A read-only rootfs
+        (``binds[0]``) first gets the mount points of ``guest_mounts`` (the guest
+        spec's mounts) made on the host. Raises InvalidArgument naming a source
+        that cannot be cloned or a mount point that cannot be made; nothing is
+        attached then.
+        """
         for cid in {b.target.split("/")[0] for b in binds}:
             make_cocoon_dir(self.mounts_dir / cid)
-        for b in binds:
-            target = self.mounts_dir / b.target
-            make_cocoon_dir(target.parent)  # <cid>/, or <cid>/<i>/ of a named bind
-            if b.is_dir:
-                target.mkdir(exist_ok=True)
-            else:
-                target.touch(exist_ok=True)
-            mounts.bind(str(b.source), str(target), readonly=b.readonly)
+        requests = [hostmount.TreeRequest(str(b.source), b.source not in local) for b in binds]
+        trees = hostmount.clone_trees(requests)
+        try:
+            for b, tree in zip(binds, trees, strict=True):
+                prop = hostmount.MS_SLAVE if b.propagate else hostmount.MS_PRIVATE
+                hostmount.set_attrs(tree, b.readonly, prop)
+            if guest_mounts and binds and binds[0].readonly:
+                self._make_mountpoints(binds, trees, guest_mounts)
+            for i, (b, tree) in enumerate(zip(binds, trees, strict=True)):
+                target = self.mounts_dir / b.target
+                make_cocoon_dir(target.parent)  # <cid>/, or <cid>/<i>/ of a named bind
+                if stat.S_ISDIR(os.fstat(tree).st_mode):
+                    target.mkdir(exist_ok=True)
+                else:
+                    target.touch(exist_ok=True)
+                try:
+                    hostmount.attach(tree, str(target))
+                except OSError as exc:
+                    for done in binds[:i]:
+                        with contextlib.suppress(OSError):
+                            mounts.umount(str(self.mounts_dir / done.target))
+                    raise InvalidArgument(f"cannot attach {b.source}: {exc.strerror}") from exc
+        finally:
+            hostmount.close_all(trees)
+
+    @staticmethod
+    def _make_mountpoints(
+        binds: list[Bind], trees: list[int], guest_mounts: list[dict[str, Any]]
+    ) -> None:
+        from cocoon.storage import mountpoints
+
+        by_source = {f"{GUEST_SHARE}/{b.target}": i for i, b in enumerate(binds)}
+        for dest, idx in mountpoints.plan(guest_mounts, by_source):
+            is_dir = idx is None or stat.S_ISDIR(os.fstat(trees[idx]).st_mode)
+            mountpoints.ensure(binds[0].source, dest, is_dir)
 
     def remove_binds(self, cid: str) -> None:
         base = self.mounts_dir / cid

@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 from cocoon.errors import CocoonError
-from cocoon.procutil import die_with_parent
+from cocoon.hypervisor.jail import VIRTIOFSD_CAPS, Jail, preexec
 
 DEFAULT_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
@@ -39,6 +39,10 @@ class Virtiofsd:
             "sandbox=chroot",
             "-o",
             "log_level=warn",
+            # No device nodes, no set-id bits kept by its own writes, no file
+            # capabilities (the seccomp filter refuses set-id modes: jail.py).
+            "-o",
+            "modcaps=-mknod:-fsetid:-setfcap",
         ]
         with open(self.log, "ab") as logf:
             try:
@@ -48,7 +52,7 @@ class Virtiofsd:
                     stdout=logf,
                     stderr=logf,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(),
+                    preexec_fn=preexec(Jail(VIRTIOFSD_CAPS)),
                 )
             except OSError as exc:
                 raise CocoonError(f"cannot start {self.binary}", exc) from exc

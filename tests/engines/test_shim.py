@@ -803,3 +803,81 @@ def test_container_without_a_hostname_sees_the_nodes(
 
     p = check(shim_containerd.ctr("run", "--rm", "--runtime", RT, IMG, cid, "hostname"))
     assert p.stdout.strip() == socket.gethostname(), describe(p)
+
+
+def test_pod_member_sees_a_bind_source_mounted_after_the_pod_started(
+    shim_containerd: ShimContainerd, tmp_path: Path
+) -> None:
+    """The kubelet mounts volumes (subPath, propagated mounts) after the sandbox started:
+    sources are taken from the host's current mount namespace, and rslave
+    (HOST_TO_CONTAINER) keeps later host mounts under a shared source coming."""
+    from tests.engines.cri.client import CRI, cri
+
+    client = CRI(shim_containerd.address)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    late = tmp_path / "late"
+    late.mkdir()
+    pod = _pod_config(f"late{uuid.uuid4().hex[:6]}", logs)
+    sid = client.call(
+        "RunPodSandbox",
+        cri.RunPodSandboxRequest(config=pod, runtime_handler="cocoon"),
+        cri.RunPodSandboxResponse,
+    ).pod_sandbox_id
+    mounted: list[Path] = []
+    try:
+        # Only now, with the pod's VM running, does the source become a mount point.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "late", str(late)], check=True)
+        mounted.append(late)
+        subprocess.run(["mount", "--make-shared", str(late)], check=True)
+        (late / "x").write_text("made after the pod\n")
+        (late / "sub").mkdir()
+        cfg = _container_config("reader", ["sleep", "100000"])
+        cfg.mounts.append(
+            cri.Mount(
+                container_path="/late",
+                host_path=str(late),
+                propagation=cri.PROPAGATION_HOST_TO_CONTAINER,
+            )
+        )
+        ctr_id = client.call(
+            "CreateContainer",
+            cri.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod),
+            cri.CreateContainerResponse,
+        ).container_id
+        client.call(
+            "StartContainer",
+            cri.StartContainerRequest(container_id=ctr_id),
+            cri.StartContainerResponse,
+        )
+
+        def cat(path: str) -> tuple[int, str]:
+            r = client.call(
+                "ExecSync",
+                cri.ExecSyncRequest(container_id=ctr_id, cmd=["cat", path], timeout=60),
+                cri.ExecSyncResponse,
+            )
+            return r.exit_code, r.stdout.decode() + r.stderr.decode()
+
+        assert cat("/late/x") == (0, "made after the pod\n")
+        # A host mount under the (shared) source after the container started.
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "later", str(late / "sub")], check=True
+        )
+        mounted.insert(0, late / "sub")
+        (late / "sub" / "y").write_text("propagated\n")
+        assert cat("/late/sub/y") == (0, "propagated\n")
+    finally:
+        client.call(
+            "StopPodSandbox",
+            cri.StopPodSandboxRequest(pod_sandbox_id=sid),
+            cri.StopPodSandboxResponse,
+        )
+        client.call(
+            "RemovePodSandbox",
+            cri.RemovePodSandboxRequest(pod_sandbox_id=sid),
+            cri.RemovePodSandboxResponse,
+        )
+        client.close()
+        for m in mounted:
+            subprocess.run(["umount", str(m)], check=False)

@@ -173,3 +173,10 @@ def test_the_debug_console_is_a_console_port_only_when_asked_for() -> None:
     assert ("-chardev", "socket,id=debugcon,path=/s/debug.sock,server=on,wait=off") in p
     assert ("-device", "virtconsole,bus=vser0.0,chardev=debugcon,name=cocoon.debug") in p
     assert "cocoon.debug_console=1" in dict(p)["-append"].split()
+
+
+def test_qemu_runs_under_its_seccomp_sandbox() -> None:
+    for share in (None, SharePlan("9p", path=Path("/s")), SharePlan("virtiofs", socket=Path("/v"))):
+        p = pairs(build_argv(plan(share=share)))
+        sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        assert ("-sandbox", sandbox) in p
