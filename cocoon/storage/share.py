@@ -21,7 +21,7 @@ from typing import Any
 from cocoon.errors import InvalidArgument
 from cocoon.oci.guestcg import guest_resources
 from cocoon.oci.namespaces import host_nstype, plan_namespaces
-from cocoon.storage import hostmount, mounts
+from cocoon.storage import hostmount, mounts, volumes
 
 GUEST_SHARE = "/run/cocoon/shared"
 # Filesystems the guest kernel provides itself; they never cross the share.
@@ -47,6 +47,18 @@ class Bind:
     # Host mounts made later under a shared source reach the guest (runc's
     # default for binds); "rprivate"/"private" in the options stops that.
     propagate: bool = True
+    # A kubelet volume's source: resolved beneath this root (cocoon.storage.volumes).
+    beneath: str = ""
+    rest: str = ""
+
+
+@dataclass(frozen=True)
+class EmptyDir:
+    """A kubelet emptyDir, kept in the guest (a tmpfs there) instead of crossing the share."""
+
+    source: Path  # the kubelet's host directory (only probed: tmpfs or not)
+    guest_path: str
+    size: int = 0  # bytes (0: the guest tmpfs default)
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class ContainerShare:
     guest_rootfs: str
     guest_spec: dict[str, Any]
     pod_namespaces: list[str] = field(default_factory=list)  # joined from the pod's sandbox
+    emptydirs: list[EmptyDir] = field(default_factory=list)
 
 
 def _is_bind(m: dict[str, Any]) -> bool:
@@ -91,6 +104,8 @@ def plan_container(
     binds = [Bind(rootfs, f"{cid}/rootfs", readonly)]
     guest = copy.deepcopy(spec)
     out_mounts = []
+    emptydirs: list[EmptyDir] = []
+    annotations = spec.get("annotations") or {}
     for i, m in enumerate(guest.get("mounts") or []):
         if m.get("type") in GUEST_LOCAL_TYPES and not _is_bind(m):
             out_mounts.append(m)
@@ -107,8 +122,21 @@ def plan_container(
         source = Path(src)
         opts = m.get("options") or []
         ro = "ro" in opts
+        kind = volumes.classify(src)
+        if kind.kind == "emptydir":
+            try:
+                size = volumes.emptydir_size(annotations, kind.volume)
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"annotation {volumes.SIZE_ANNOTATION_PREFIX}{kind.volume}: {exc}"
+                ) from exc
+            ed = EmptyDir(source, volumes.guest_emptydir(src, kind.volume), size)
+            if ed not in emptydirs:
+                emptydirs.append(ed)
+            out_mounts.append({**m, "source": ed.guest_path, "type": "bind"})
+            continue
         rel = f"{cid}/{i}/{_share_name(source)}"
-        binds.append(Bind(source, rel, ro, _propagates(opts)))
+        binds.append(Bind(source, rel, ro, _propagates(opts), kind.beneath, kind.rest))
         out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
     guest["mounts"] = out_mounts
     proc = guest.get("process") or {}
@@ -122,7 +150,9 @@ def plan_container(
     linux["namespaces"] = namespaces.guest
     if "resources" in linux:
         linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
-    return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins)
+    return ContainerShare(
+        binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins, emptydirs
+    )
 
 
 class SharedDir:
@@ -163,7 +193,10 @@ class SharedDir:
         """
         for cid in {b.target.split("/")[0] for b in binds}:
             make_cocoon_dir(self.mounts_dir / cid)
-        requests = [hostmount.TreeRequest(str(b.source), b.source not in local) for b in binds]
+        requests = [
+            hostmount.TreeRequest(str(b.source), b.source not in local, b.beneath, b.rest)
+            for b in binds
+        ]
         trees = hostmount.clone_trees(requests)
         try:
             for b, tree in zip(binds, trees, strict=True):
@@ -185,6 +218,21 @@ class SharedDir:
                         with contextlib.suppress(OSError):
                             mounts.umount(str(self.mounts_dir / done.target))
                     raise InvalidArgument(f"cannot attach {b.source}: {exc.strerror}") from exc
+        finally:
+            hostmount.close_all(trees)
+
+    @staticmethod
+    def probe_emptydirs(emptydirs: list[EmptyDir]) -> list[str]:
+        """Each emptyDir's medium as the kubelet made it: "memory" if its host source is
+        a tmpfs mount (``medium: Memory``), else "disk". Raises InvalidArgument naming a
+        source that does not exist (as for a bind)."""
+        if not emptydirs:
+            return []
+        trees = hostmount.clone_trees([hostmount.TreeRequest(str(e.source)) for e in emptydirs])
+        try:
+            return [
+                "memory" if hostmount.fs_type(t) == hostmount.TMPFS_MAGIC else "disk" for t in trees
+            ]
         finally:
             hostmount.close_all(trees)
 

@@ -124,5 +124,8 @@ def test_named_bind_dirs_are_traversable_for_a_mapped_root(
         shared.apply_binds([share.Bind(vol, "c/0/vol", False, True)])
     finally:
         os.umask(old)
-    for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
-        assert stat.S_IMODE(d.stat().st_mode) == share.COCOON_DIR_MODE, d
+    try:
+        for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
+            assert stat.S_IMODE(d.stat().st_mode) == share.COCOON_DIR_MODE, d
+    finally:
+        share.mounts.umount(str(shared.mounts_dir / "c" / "0" / "vol"))  # a real attach
