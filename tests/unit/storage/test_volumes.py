@@ -109,3 +109,28 @@ def test_guest_tmpfs_options_and_bad_paths() -> None:
         with pytest.raises(ValueError):
             guest_volumes.tmpfs_options(w.GuestVolume(bad))
     assert guest_volumes.ROOT == volumes.GUEST_EMPTYDIR_ROOT
+
+
+def test_a_source_below_a_volume_never_leaves_it(tmp_path: Path) -> None:
+    """openat2(RESOLVE_BENEATH) on the host: links inside the volume work, out of it fail."""
+    import os
+
+    from cocoon.storage import hostmount
+
+    root = tmp_path / "vol"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    os.symlink("sub", root / "inside")
+    os.symlink("../out", root / "rel")
+    os.symlink(str(tmp_path / "out"), root / "abs")
+    os.symlink("/proc/self/root", root / "magic")
+    trees = hostmount.clone_trees(
+        [hostmount.TreeRequest(str(root / "inside"), False, str(root), "inside")]
+    )
+    hostmount.close_all(trees)
+    for name in ("rel", "abs", "magic"):
+        req = hostmount.TreeRequest(str(root / name), False, str(root), name)
+        with pytest.raises(InvalidArgument, match="leads out of its volume"):
+            hostmount.clone_trees([req])
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        hostmount.clone_trees([hostmount.TreeRequest(str(root / "no"), False, str(root), "no")])
