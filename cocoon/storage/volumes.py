@@ -27,8 +27,9 @@ EMPTY_DIR_PLUGIN = "kubernetes.io~empty-dir"
 # Where the guest keeps emptyDirs (a tmpfs each, cocoon.guest.volumes).
 GUEST_EMPTYDIR_ROOT = "/run/cocoon/emptydir"
 # The size of an emptyDir's guest tmpfs: the kubelet does not pass sizeLimit in
-# the CRI, so it comes from this annotation on the container (or the pod):
-# ``emptydir.cocoon.io/<volume name>: <bytes, or k/m/g/Ki/Mi/Gi suffixed>``.
+# the CRI, so it comes from this annotation on the container's spec:
+# ``emptydir.cocoon.io/<volume name>: <bytes, or k/m/g/Ki/Mi/Gi suffixed>`` (containerd
+# copies pod annotations listed in its runtime's ``pod_annotations`` into the spec).
 SIZE_ANNOTATION_PREFIX = "emptydir.cocoon.io/"
 
 _VOLUME = re.compile(
