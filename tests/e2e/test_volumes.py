@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Env
 
 POD_UID = "0d2c6e1e-7a41-4b7c-9d0e-3f1a2b3c4d5e"
@@ -49,7 +51,9 @@ def add_mount(b: Path, dest: str, source: Path, opts: list[str] | None = None) -
     (b / "config.json").write_text(json.dumps(spec))
 
 
-def test_a_configmap_swap_reaches_a_running_container_within_5s(env: Env) -> None:
+@pytest.mark.parametrize("fs", ["9p", "virtiofs"])
+def test_a_configmap_swap_reaches_a_running_container_within_5s(env: Env, fs: str) -> None:
+    """No watcher: the share shows the kubelet's new ``..data`` by itself (checked first)."""
     vol = kubelet_volume(env, "configmap", "cfg")
     configmap(vol, "2026_12_01_21_00_00.1", {"key": "v1\n"})
     flag = env.work / "flag"
@@ -61,7 +65,8 @@ def test_a_configmap_swap_reaches_a_running_container_within_5s(env: Env) -> Non
     add_mount(b, "/cfg", vol, ["rbind", "ro"])
     add_mount(b, "/flag", flag)
     proc = subprocess.Popen(
-        env.argv("run", "--bundle", str(b), "ccm"),
+        env.argv("run", "--bundle", str(b), f"ccm{fs}"),
+        env={**os.environ, "COCOON_SHARED_FS": fs},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
