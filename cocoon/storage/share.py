@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import stat
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class EmptyDir:
     source: Path  # the kubelet's host directory (only probed: tmpfs or not)
     guest_path: str
     size: int = 0  # bytes (0: the guest tmpfs default)
+    # subPath directories (relative path → mode) the guest makes in it.
+    subdirs: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,39 @@ def plan_container(
     )
 
 
+def _find_dir(root: int, want: os.stat_result, depth: int = 8, budget: int = 4096) -> str | None:
+    """The path below the tree ``root`` of the directory ``want`` is (by device and inode),
+    searched breadth-first without following symlinks; None if not found in budget."""
+    queue: list[tuple[int, str]] = [(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=root), "")]
+    try:
+        while queue and budget > 0:
+            fd, rel = queue.pop(0)
+            try:
+                if (rel.count("/") + 1 if rel else 0) >= depth:
+                    continue  # its children would be deeper than ``depth`` components
+                dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    names = os.listdir(dfd)
+                finally:
+                    os.close(dfd)
+                for name in names:
+                    budget -= 1
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    sub = f"{rel}/{name}" if rel else name
+                    if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                        return sub
+                    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    queue.append((os.open(name, flags, dir_fd=fd), sub))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in queue:
+            os.close(fd)
+    return None
+
+
 class SharedDir:
     """``mounts/`` and ``shared/`` of one sandbox, inside its private mount namespace."""
 
@@ -220,6 +256,56 @@ class SharedDir:
                     raise InvalidArgument(f"cannot attach {b.source}: {exc.strerror}") from exc
         finally:
             hostmount.close_all(trees)
+
+    @staticmethod
+    def emptydir_subpaths(plan: ContainerShare, annotations: dict[str, Any]) -> ContainerShare:
+        """``plan`` with each kubelet subPath of an emptyDir served from the guest copy.
+
+        The kubelet hands a subPath over as its own bind of the subdirectory it made in
+        the host emptyDir (``volume-subpaths/<name>/...``); served from the host it would
+        not see what the pod's other containers write in the guest. The subdirectory is
+        found by its inode in the host emptyDir (which holds nothing but the kubelet's
+        subPath directories: the data is in the guest), then made in the guest copy.
+        """
+        found: dict[int, tuple[Path, str, str, int]] = {}
+        for i, b in enumerate(plan.binds[1:], 1):
+            ed = volumes.emptydir_of_subpath(str(b.source))
+            if ed is None:
+                continue
+            try:
+                trees = hostmount.clone_trees(
+                    [
+                        hostmount.TreeRequest(str(b.source), True, b.beneath, b.rest),
+                        hostmount.TreeRequest(ed[0]),
+                    ]
+                )
+            except InvalidArgument:
+                continue  # no emptyDir of that name: another kind of volume
+            try:
+                rel = _find_dir(trees[1], os.fstat(trees[0]))
+                mode = stat.S_IMODE(os.fstat(trees[0]).st_mode)
+            finally:
+                hostmount.close_all(trees)
+            if rel is not None:
+                found[i] = (Path(ed[0]), ed[1], rel, mode)
+        if not found:
+            return plan
+        binds = [b for i, b in enumerate(plan.binds) if i not in found]
+        emptydirs = {e.guest_path: e for e in plan.emptydirs}
+        spec = copy.deepcopy(plan.guest_spec)
+        for i, (source, name, rel, mode) in found.items():
+            guest = volumes.guest_emptydir(str(source), name)
+            old = emptydirs.get(guest) or EmptyDir(
+                source, guest, volumes.emptydir_size(annotations, name)
+            )
+            emptydirs[guest] = dataclasses.replace(old, subdirs=(*old.subdirs, (rel, mode)))
+            shared = f"{GUEST_SHARE}/{plan.binds[i].target}"
+            for m in spec.get("mounts") or []:
+                if m.get("source") == shared:
+                    m["source"] = f"{guest}/{rel}"
+        return dataclasses.replace(
+            plan, binds=binds, guest_spec=spec, emptydirs=list(emptydirs.values())
+        )
 
     @staticmethod
     def probe_emptydirs(emptydirs: list[EmptyDir]) -> list[str]:

@@ -74,6 +74,17 @@ def classify(path: str) -> Source:
     return Source(path, "plain")
 
 
+def emptydir_of_subpath(path: str) -> tuple[str, str] | None:
+    """For a ``volume-subpaths/<name>/<container>/<i>`` source: the host path of the
+    pod's emptyDir of that name, were the volume one, and the name (else None)."""
+    s = classify(path)
+    parts = s.rest.split("/")
+    if s.kind != "subpath" or len(parts) != 3:
+        return None
+    pod = s.beneath[: -len("/volume-subpaths")]
+    return f"{pod}/volumes/{EMPTY_DIR_PLUGIN}/{parts[0]}", parts[0]
+
+
 def guest_emptydir(source: str, name: str) -> str:
     """The guest directory of the emptyDir at host ``source``: the same for every
     container of the pod that mounts it (keyed by the host path, which names the pod)."""

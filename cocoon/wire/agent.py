@@ -81,6 +81,8 @@ class GuestVolume:
     path: str  # under /run/cocoon/emptydir/
     size: int = 0  # bytes; 0: the tmpfs default (half the guest's RAM)
     medium: str = "disk"  # "disk" | "memory": what the kubelet made on the host
+    # subPath directories to make in it (relative path → mode), as the kubelet made them.
+    subdirs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -216,3 +216,21 @@ def test_an_emptydir_is_a_guest_tmpfs_charged_to_guest_memory(env: Env) -> None:
     assert lines[:4] == ["tmpfs", "emptydir-disk", "emptydir-memory", "8192"], lines
     assert int(lines[4]) >= 24, lines  # of the 32 MiB written: they show in the guest's memory
     assert list(ed.iterdir()) == [] and host_mem == []  # never on the host
+
+
+def test_a_subpath_of_an_emptydir_is_served_from_the_guest_copy(env: Env) -> None:
+    ed = kubelet_volume(env, "empty-dir", "shared")
+    (ed / "sub").mkdir(mode=0o750)  # the kubelet makes the subPath in the host emptyDir
+    sp = env.work / "kubelet" / "pods" / POD_UID / "volume-subpaths" / "shared" / "app" / "0"
+    sp.mkdir(parents=True)
+    b = env.bundle(["/bin/sh", "-c", "echo x > /all/sub/f; cat /sub/f; stat -c %a /sub"])
+    add_mount(b, "/all", ed)
+    add_mount(b, "/sub", sp)
+    subprocess.run(["mount", "--bind", str(ed / "sub"), str(sp)], check=True)
+    try:
+        r = env.run("run", "--bundle", str(b), "csubed")
+    finally:
+        subprocess.run(["umount", str(sp)], check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"x\n750\n"
+    assert list((ed / "sub").iterdir()) == []

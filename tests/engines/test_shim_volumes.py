@@ -57,6 +57,9 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
     subpaths.mkdir(parents=True)
     (subpaths / "0").mkdir()
     (subpaths / "1").touch()
+    (shared / "sub").mkdir()  # the kubelet's subPath dir in the host emptyDir ...
+    shared_sp = kubelet / "volume-subpaths" / "shared" / "reader" / "0"
+    shared_sp.mkdir(parents=True)
     mounted: list[Path] = []
     pod = cri_pod()
     try:
@@ -66,6 +69,7 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
             (["mount", "-t", "tmpfs", "kubelet-mem", str(mem)], mem),
             (["mount", "--bind", str(data / "sub"), str(subpaths / "0")], subpaths / "0"),
             (["mount", "--bind", str(data / "one"), str(subpaths / "1")], subpaths / "1"),
+            (["mount", "--bind", str(shared / "sub"), str(shared_sp)], shared_sp),
         ):
             subprocess.run(argv, check=True)
             mounted.insert(0, target)
@@ -82,11 +86,17 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
                 ("/ro", data / "ro", True),
             ],
         )
-        reader = _run_with_mounts(pod, "reader", [("/shared", shared, False)])
+        reader = _run_with_mounts(
+            pod, "reader", [("/shared", shared, False), ("/sub", shared_sp, False)]
+        )
 
         assert pod.exec_sync(writer, ["sh", "-c", "echo hi > /shared/f"]) == (0, "")
         assert pod.exec_sync(reader, ["cat", "/shared/f"]) == (0, "hi\n")
-        assert list(shared.iterdir()) == []  # the emptyDir is in the guest only
+        # ... and its subPath is served from the guest copy too.
+        assert pod.exec_sync(writer, ["sh", "-c", "echo s > /shared/sub/g"]) == (0, "")
+        assert pod.exec_sync(reader, ["cat", "/sub/g"]) == (0, "s\n")
+        assert [p.name for p in shared.iterdir()] == ["sub"]  # the data is in the guest only
+        assert list((shared / "sub").iterdir()) == []
         code, out = pod.exec_sync(writer, ["cat", "/data/sub/f", "/one", "/sp/f", "/spf"])
         assert (code, out) == (0, "sub file\none\nsub file\none\n")
         assert pod.exec_sync(writer, ["sh", "-c", "echo w > /sp/new"]) == (0, "")

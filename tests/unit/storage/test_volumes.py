@@ -134,3 +134,36 @@ def test_a_source_below_a_volume_never_leaves_it(tmp_path: Path) -> None:
             hostmount.clone_trees([req])
     with pytest.raises(InvalidArgument, match="does not exist"):
         hostmount.clone_trees([hostmount.TreeRequest(str(root / "no"), False, str(root), "no")])
+
+
+def test_the_emptydir_a_subpath_may_be_of() -> None:
+    assert volumes.emptydir_of_subpath(f"{POD}/volume-subpaths/cache/app/0") == (
+        f"{POD}/volumes/kubernetes.io~empty-dir/cache",
+        "cache",
+    )
+    for p in (f"{POD}/volume-subpaths/cache/app", f"{POD}/volumes/kubernetes.io~empty-dir/c", "/x"):
+        assert volumes.emptydir_of_subpath(p) is None, p
+
+
+def test_find_dir_by_inode_never_follows_symlinks(tmp_path: Path) -> None:
+    import os
+
+    from cocoon.storage.share import _find_dir
+
+    (tmp_path / "ed" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    os.symlink(str(tmp_path / "other"), tmp_path / "ed" / "link")
+    root = os.open(tmp_path / "ed", os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert _find_dir(root, os.stat(tmp_path / "ed" / "a" / "b")) == "a/b"
+        assert _find_dir(root, os.stat(tmp_path / "other")) is None
+        assert _find_dir(root, os.stat(tmp_path / "ed" / "a" / "b"), depth=1) is None
+    finally:
+        os.close(root)
+
+
+def test_guest_subpath_dirs_are_relative_and_normal() -> None:
+    assert guest_volumes.subdir_parts("a/b") == ["a", "b"]
+    for bad in ("", "/a", "a/../b", "a//b", "."):
+        with pytest.raises(ValueError):
+            guest_volumes.subdir_parts(bad)
