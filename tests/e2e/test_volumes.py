@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Env
+from tests.fixtures.kubelet import configmap
 
 POD_UID = "0d2c6e1e-7a41-4b7c-9d0e-3f1a2b3c4d5e"
 
@@ -24,23 +25,6 @@ def kubelet_volume(env: Env, plugin: str, name: str) -> Path:
     d = env.work / "kubelet" / "pods" / POD_UID / "volumes" / f"kubernetes.io~{plugin}" / name
     d.mkdir(parents=True)
     return d
-
-
-def configmap(vol: Path, version: str, data: dict[str, str]) -> None:
-    """The kubelet's atomic writer: a timestamped dir, ``..data`` swapped onto it by rename."""
-    ts = vol / f"..{version}"
-    ts.mkdir()
-    for k, v in data.items():
-        (ts / k).write_text(v)
-    tmp = vol / "..data_tmp"
-    os.symlink(ts.name, tmp)
-    old = os.readlink(vol / "..data") if (vol / "..data").is_symlink() else None
-    os.rename(tmp, vol / "..data")
-    for k in data:
-        if not (vol / k).is_symlink():
-            os.symlink(f"..data/{k}", vol / k)
-    if old:
-        subprocess.run(["rm", "-rf", str(vol / old)], check=True)
 
 
 def add_mount(b: Path, dest: str, source: Path, opts: list[str] | None = None) -> None:

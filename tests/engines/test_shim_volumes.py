@@ -10,6 +10,7 @@ that): Cocoon's own refusal is tested through the CLI (tests/e2e/test_volumes.py
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from tests.engines import test_shim
 from tests.engines.conftest import ShimContainerd
 from tests.engines.test_shim import Pod, _container_config
+from tests.fixtures.kubelet import configmap
 
 # The shim tests' fixtures: a CRI pod removed after the test, the leak check.
 cri_pod = test_shim.cri_pod
@@ -48,7 +50,8 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
     shared = vols / "kubernetes.io~empty-dir" / "shared"
     mem = vols / "kubernetes.io~empty-dir" / "mem"
     data = vols / "kubernetes.io~csi" / "data"
-    for d in (shared, mem, data / "sub"):
+    cfg = vols / "kubernetes.io~configmap" / "cfg"
+    for d in (shared, mem, data / "sub", cfg):
         d.mkdir(parents=True)
     (data / "sub" / "f").write_text("sub file\n")
     (data / "one").write_text("one\n")
@@ -60,6 +63,7 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
     (shared / "sub").mkdir()  # the kubelet's subPath dir in the host emptyDir ...
     shared_sp = kubelet / "volume-subpaths" / "shared" / "reader" / "0"
     shared_sp.mkdir(parents=True)
+    configmap(cfg, "2026_12_01_21_00_00.1", {"key": "v1\n"})
     mounted: list[Path] = []
     pod = cri_pod()
     try:
@@ -87,7 +91,9 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
             ],
         )
         reader = _run_with_mounts(
-            pod, "reader", [("/shared", shared, False), ("/sub", shared_sp, False)]
+            pod,
+            "reader",
+            [("/shared", shared, False), ("/sub", shared_sp, False), ("/cfg", cfg, True)],
         )
 
         assert pod.exec_sync(writer, ["sh", "-c", "echo hi > /shared/f"]) == (0, "")
@@ -104,6 +110,13 @@ def test_pod_volumes_binds_subpaths_ro_and_a_shared_emptydir(
         code, out = pod.exec_sync(writer, ["sh", "-c", "echo g > /ro"])
         assert code != 0 and "Read-only file system" in out, out
         assert (data / "ro").read_text() == "host\n"
+        # A configMap update (the kubelet's ..data swap) reaches the running container.
+        assert pod.exec_sync(reader, ["cat", "/cfg/key"]) == (0, "v1\n")
+        configmap(cfg, "2026_12_01_21_00_05.2", {"key": "v2\n"})
+        swapped = time.monotonic()
+        while pod.exec_sync(reader, ["cat", "/cfg/key"]) != (0, "v2\n"):
+            assert time.monotonic() - swapped < 5, "the update did not arrive within 5 s"
+            time.sleep(0.2)
         # medium: Memory: a guest tmpfs, its pages in the guest's memory.
         script = (
             "stat -f -c %T /mem; a=$(grep ^Shmem: /proc/meminfo | tr -s ' ' | cut -d' ' -f2); "
