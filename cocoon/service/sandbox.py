@@ -471,6 +471,12 @@ class Sandbox:
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
         local = frozenset({bundle.rootfs}) if local_rootfs else frozenset()
+        plan = self.share.emptydir_subpaths(plan, bundle.spec.get("annotations") or {})
+        media = self.share.probe_emptydirs(plan.emptydirs)
+        guest_volumes = [
+            w.GuestVolume(e.guest_path, e.size, medium, dict(e.subdirs))
+            for e, medium in zip(plan.emptydirs, media, strict=True)
+        ]
         self.share.apply_binds(plan.binds, local, plan.guest_spec.get("mounts") or [])
         try:
             await agent.create_container(
@@ -482,6 +488,7 @@ class Sandbox:
                     terminal=bundle.terminal,
                     pod_sandbox=pod_sandbox,
                     pod_namespaces=plan.pod_namespaces,
+                    volumes=guest_volumes,
                 )
             )
         except BaseException:

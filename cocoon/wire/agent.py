@@ -74,6 +74,18 @@ class AdjustClockRequest:
 
 
 @dataclass
+class GuestVolume:
+    """A volume kept in the guest (a kubelet emptyDir): a tmpfs at ``path``, made by the
+    first container of the pod that mounts it and shared by the others."""
+
+    path: str  # under /run/cocoon/emptydir/
+    size: int = 0  # bytes; 0: the tmpfs default (half the guest's RAM)
+    medium: str = "disk"  # "disk" | "memory": what the kubelet made on the host
+    # subPath directories to make in it (relative path → mode), as the kubelet made them.
+    subdirs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class CreateContainerRequest:
     container_id: str
     spec: dict[str, Any]  # the OCI config.json; the agent rewrites root.path
@@ -84,6 +96,8 @@ class CreateContainerRequest:
     pod_sandbox: str = ""
     # More of pod_sandbox's namespaces to join, by OCI type ("pid": the pod shares it).
     pod_namespaces: list[str] = field(default_factory=list)
+    # Guest-side volumes the spec's mounts take their sources from.
+    volumes: list[GuestVolume] = field(default_factory=list)
 
 
 @dataclass
