@@ -21,9 +21,28 @@ if TYPE_CHECKING:
 
 
 def paths_for(args: argparse.Namespace, cid: str) -> SandboxPaths:
+    """The container's paths; a member of another container's sandbox talks to that
+    sandbox's service (cocoon.service.membership). Raises NotFound for a container
+    deleted while its sandbox lives on for others."""
+    import json
+
     from cocoon.config.paths import runtime_root
 
-    return SandboxPaths(runtime_root(args.root), validate_id(cid))
+    paths = SandboxPaths(runtime_root(args.root), validate_id(cid))
+    try:
+        raw = json.loads(paths.state.read_bytes())
+    except (OSError, ValueError):
+        return paths  # none yet (create), or unreadable: the verb says so
+    if not isinstance(raw, dict):
+        return paths
+    if raw.get("deleted"):
+        from cocoon.errors import NotFound
+
+        raise NotFound(f"container {cid!r} does not exist")
+    home = raw.get("sandbox")
+    if isinstance(home, str) and home and home != cid:
+        return SandboxPaths(paths.root, paths.id, home=validate_id(home))
+    return paths
 
 
 def check_pid_file(path: str | None) -> None:

@@ -81,7 +81,7 @@ def plan_namespaces(
     for i, ns in enumerate(entries):
         kind = ns.get("type") if isinstance(ns, dict) else None
         where = f"linux.namespaces[{i}] ({kind})"
-        if kind not in OCI_TYPES:
+        if not isinstance(kind, str) or kind not in OCI_TYPES:
             raise InvalidArgument(f"linux.namespaces[{i}]: unknown type {kind!r}")
         if kind == "network":
             continue

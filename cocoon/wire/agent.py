@@ -60,6 +60,9 @@ class CreateContainerRequest:
     pod_sandbox: str = ""
     # More of pod_sandbox's namespaces to join, by OCI type ("pid": the pod shares it).
     pod_namespaces: list[str] = field(default_factory=list)
+    # Join exactly pod_namespaces (a container of another CLI invocation in this VM:
+    # docker's --ipc container:A), not the pod's IPC and UTS ones besides.
+    pod_exact: bool = False
 
 
 @dataclass
