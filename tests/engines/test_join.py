@@ -169,23 +169,48 @@ def test_podman_network_container(
     wait_for("the VM to go", lambda: not os.path.exists(f"/proc/{qemu}"), 60, 0.5)
 
 
+@pytest.mark.parametrize("owner_first", [True, False], ids=["owner-first", "joiner-first"])
 def test_docker_network_container(
-    dockerd: Dockerd, cocoon_rt: str, cname: Callable[[], str]
+    dockerd: Dockerd, cocoon_rt: str, cname: Callable[[], str], owner_first: bool
 ) -> None:
     rt = dockerd.runtime_name(COCOON)
-    a, j = cname(), cname()
+    a, j0, j = cname(), cname(), cname()
     check(dockerd("run", "-d", "--runtime", rt, *NONET, "--name", a, IMG, *SERVER))
     p = dockerd(
-        "run", "--runtime", rt, "--network", f"container:{a}", "--name", j, IMG,
+        "run", "--runtime", rt, "--network", f"container:{a}", "--name", j0, IMG,
         "sh", "-c", CLIENT + "; exit 3",
     )
     assert p.returncode == 3 and "hello-from-server" in p.stdout, describe(p)
+    check(dockerd("rm", j0))
+    check(
+        dockerd(
+            "run", "-d", "--runtime", rt, "--network", f"container:{a}", "--name", j, IMG,
+            "sh", "-c", CLIENT + "; sleep 1000",
+        )
+    )
+    logs = lambda: dockerd("logs", j).stdout  # noqa: E731
+    wait_for("the joiner to reach A on localhost", lambda: "hello-from-server" in logs(), 120, 1)
     root = dockerd.runtime_roots(COCOON)[0]
-    aid = dockerd.inspect(a, "{{.Id}}")
-    assert _states(root)[aid].get("stub_pid")
-    check(dockerd("rm", "-f", j))
-    assert dockerd.inspect(a, "{{.State.Status}}") == "running"
-    check(dockerd("rm", "-f", a))
+    aid, jid = dockerd.inspect(a, "{{.Id}}"), dockerd.inspect(j, "{{.Id}}")
+    assert _states(root)[jid].get("sandbox") == aid
+    (qemu,) = qemu_pids_of(root, [aid, jid])
+    if owner_first:
+        # As with runc, the joiner keeps running (and its namespaces) without A; A's
+        # record is gone, its VM lives until its last container goes.
+        check(dockerd("rm", "-f", a))
+        assert dockerd.inspect(j, "{{.State.Status}}") == "running"
+        assert _states(root)[aid].get("deleted")
+        assert check(run([COCOON, "--root", str(root), "state", aid]), 1)
+        assert os.path.exists(f"/proc/{qemu}")
+        assert "still" in check(dockerd("exec", j, "echo", "still")).stdout
+        check(dockerd("rm", "-f", j))
+    else:
+        check(dockerd("rm", "-f", j))
+        assert dockerd.inspect(a, "{{.State.Status}}") == "running"
+        assert os.path.exists(f"/proc/{qemu}")
+        check(dockerd("rm", "-f", a))
+    wait_for("the VM to go", lambda: not os.path.exists(f"/proc/{qemu}"), 60, 0.5)
+    assert not {aid, jid} & set(_states(root))
 
 
 def test_runc_namespace_is_refused_and_untouched(
