@@ -223,9 +223,9 @@ def pods_in(root: Path) -> list[PodView]:
             continue
         stubs: dict[int, str] = {}
         for st in states:
-            if (st.id == home.id and not st.deleted) or st.sandbox == home.id:
-                if st.stub_pid and _live_stub(st.stub_pid):
-                    stubs[st.stub_pid] = st.id
+            ours = (st.id == home.id and not st.deleted) or st.sandbox == home.id
+            if ours and st.stub_pid and _live_stub(st.stub_pid):
+                stubs[st.stub_pid] = st.id
         ident = home.netns_id
         pods.append(PodView(home.id, stubs, (ident[0], ident[1]) if len(ident) == 2 else None))
     return pods

@@ -81,7 +81,11 @@ def pod(podman: Podman, cname: Callable[[], str]) -> Iterator[str]:
 def test_podman_pod_is_one_vm(
     podman: Podman, cocoon_rt: str, cname: Callable[[], str], pod: str
 ) -> None:
-    check(podman("pod", "create", "--name", pod, "--share", "net,ipc,uts,pid", *NONET, runtime=cocoon_rt))
+    check(
+        podman(
+            "pod", "create", "--name", pod, "--share", "net,ipc,uts,pid", *NONET, runtime=cocoon_rt
+        )
+    )
     srv, cli = cname(), cname()
     check(podman("run", "-d", "--pod", pod, "--name", srv, IMG, *SERVER, runtime=cocoon_rt))
     # The client reaches the server on the pod's localhost and exits with its own code.
@@ -108,7 +112,7 @@ def test_podman_pod_is_one_vm(
     check(probe)
     srv_ipc = check(podman("exec", srv, "readlink", "/proc/self/ns/ipc", runtime=cocoon_rt))
     assert srv_ipc.stdout.split()[0] == probe.stdout.split()[0], describe(probe)
-    assert f"nc -ll -p 7000" in probe.stdout, describe(probe)
+    assert "nc -ll -p 7000" in probe.stdout, describe(probe)
     # Exit codes are per member; the server keeps running.
     code = check(podman("inspect", "--format", "{{.State.ExitCode}}", cli)).stdout.strip()
     assert code == "9"
@@ -127,8 +131,9 @@ def test_podman_pod_without_shared_pid_keeps_its_own(
     srv = cname()
     check(podman("run", "-d", "--pod", pod, "--name", srv, IMG, *SERVER, runtime=cocoon_rt))
     probe = check(
-        podman("run", "--rm", "--pod", pod, IMG, "sh", "-c", "ps -o args; " + CLIENT,
-               runtime=cocoon_rt)
+        podman(
+            "run", "--rm", "--pod", pod, IMG, "sh", "-c", "ps -o args; " + CLIENT, runtime=cocoon_rt
+        )
     )
     assert "hello-from-server" in probe.stdout, describe(probe)
     assert "nc -ll" not in probe.stdout.split("hello-from-server")[0], describe(probe)
@@ -143,8 +148,17 @@ def test_podman_network_container(
     check(podman("run", "-d", *NONET, "--name", a, IMG, *SERVER, runtime=cocoon_rt))
     check(
         podman(
-            "run", "-d", "--network", f"container:{a}", "--name", j, IMG,
-            "sh", "-c", CLIENT + " > /tmp/got; sleep 1000", runtime=cocoon_rt,
+            "run",
+            "-d",
+            "--network",
+            f"container:{a}",
+            "--name",
+            j,
+            IMG,
+            "sh",
+            "-c",
+            CLIENT + " > /tmp/got; sleep 1000",
+            runtime=cocoon_rt,
         )
     )
     got = lambda: podman("exec", j, "cat", "/tmp/got", runtime=cocoon_rt).stdout  # noqa: E731
@@ -177,15 +191,34 @@ def test_docker_network_container(
     a, j0, j = cname(), cname(), cname()
     check(dockerd("run", "-d", "--runtime", rt, *NONET, "--name", a, IMG, *SERVER))
     p = dockerd(
-        "run", "--runtime", rt, "--network", f"container:{a}", "--name", j0, IMG,
-        "sh", "-c", CLIENT + "; exit 3",
+        "run",
+        "--runtime",
+        rt,
+        "--network",
+        f"container:{a}",
+        "--name",
+        j0,
+        IMG,
+        "sh",
+        "-c",
+        CLIENT + "; exit 3",
     )
     assert p.returncode == 3 and "hello-from-server" in p.stdout, describe(p)
     check(dockerd("rm", j0))
     check(
         dockerd(
-            "run", "-d", "--runtime", rt, "--network", f"container:{a}", "--name", j, IMG,
-            "sh", "-c", CLIENT + "; sleep 1000",
+            "run",
+            "-d",
+            "--runtime",
+            rt,
+            "--network",
+            f"container:{a}",
+            "--name",
+            j,
+            IMG,
+            "sh",
+            "-c",
+            CLIENT + "; sleep 1000",
         )
     )
     logs = lambda: dockerd("logs", j).stdout  # noqa: E731
