@@ -137,6 +137,16 @@ def test_podman_pod_without_shared_pid_keeps_its_own(
     )
     assert "hello-from-server" in probe.stdout, describe(probe)
     assert "nc -ll" not in probe.stdout.split("hello-from-server")[0], describe(probe)
+    # pod stop/start: a new infra VM, and the member joins it again.
+    infra = check(podman("pod", "inspect", "--format", "{{.InfraContainerID}}", pod)).stdout
+    ids = [infra.strip(), full_id(podman, srv)]
+    (before,) = qemu_pids_of(COCOON_DEFAULT_ROOT, ids)
+    check(podman("pod", "stop", "-t", "0", pod, runtime=cocoon_rt))
+    wait_for("the VM to go", lambda: not os.path.exists(f"/proc/{before}"), 60, 0.5)
+    check(podman("pod", "start", pod, runtime=cocoon_rt))
+    assert len(qemu_pids_of(COCOON_DEFAULT_ROOT, ids)) == 1
+    top = check(podman("pod", "top", pod, runtime=cocoon_rt))
+    assert top.stdout.strip(), describe(top)
     check(podman("pod", "rm", "-f", "-t", "0", pod, runtime=cocoon_rt))
 
 
