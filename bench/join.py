@@ -3,8 +3,9 @@
 For N = 2 and 3: ``run -d`` of a container whose spec names the first one's
 network and IPC namespaces (it joins that VM, as a podman pod member does)
 against ``run -d`` of the same container in a sandbox of its own; and the host
-PSS each extra member adds (QEMU + service + stubs of the shared sandbox) against
-a new sandbox's whole PSS. Prints medians and ratios, writes docs/performance.md.
+PSS (and USS, private pages) each extra member adds (QEMU + service + stubs of
+the shared sandbox) against a new sandbox's whole. Prints medians and ratios,
+writes docs/performance.md.
 """
 
 from __future__ import annotations
@@ -64,14 +65,30 @@ def joiner(work: Path, rootfs: Path, name: str, owner_pid: int) -> Path:
     return b
 
 
-def sandbox_pss(root: Path, home: str, members: list[str]) -> int:
+def uss_kib(pid: int) -> int:
+    """Private (unshared) memory: what the process alone holds."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+    return total
+
+
+def sandbox_mem(root: Path, home: str, members: list[str]) -> tuple[int, int]:
+    """(PSS, USS) in KiB of a sandbox: QEMU, its service and its containers' stubs."""
     st = state(root, home)
     pids = [int(st["qemu_pid"]), int(st["service_pid"])]  # type: ignore[call-overload]
     pids += [int(state(root, c)["stub_pid"]) for c in [home, *members]]  # type: ignore[call-overload]
-    return sum(pss_kib(p) for p in pids if p)
+    pids = [p for p in pids if p]
+    return sum(pss_kib(p) for p in pids), sum(uss_kib(p) for p in pids)
 
 
 def one_round(work: Path, rootfs: Path, settle: float, r: int) -> dict[str, float]:
+    """Joins first (nothing else running), then new sandboxes, so that PSS shares of
+    the joiners' pages are not split with the new sandboxes' processes."""
     root = work / f"root{r}"
     plain = make_bundle(work / f"plain{r}", ["/bin/sleep", "600"], rootfs=rootfs)
     out: dict[str, float] = {}
@@ -79,18 +96,22 @@ def one_round(work: Path, rootfs: Path, settle: float, r: int) -> dict[str, floa
         out["first"] = run_d(root, plain, "a")
         owner_pid = int(state(root, "a")["stub_pid"])  # type: ignore[call-overload]
         time.sleep(settle)
-        pss1 = sandbox_pss(root, "a", [])
+        before = sandbox_mem(root, "a", [])
         members: list[str] = []
         for n in (2, 3):
             b = joiner(work, rootfs, f"j{r}-{n}", owner_pid)
             out[f"join{n}"] = run_d(root, b, f"j{n}")
             members.append(f"j{n}")
             time.sleep(settle)
-            out[f"pss_join{n}"] = (sandbox_pss(root, "a", members) - pss1) / 1024
-            pss1 = sandbox_pss(root, "a", members)
+            now = sandbox_mem(root, "a", members)
+            out[f"pss_join{n}"] = (now[0] - before[0]) / 1024
+            out[f"uss_join{n}"] = (now[1] - before[1]) / 1024
+            before = now
+        for n in (2, 3):
             out[f"new{n}"] = run_d(root, plain, f"n{n}")
             time.sleep(settle)
-            out[f"pss_new{n}"] = sandbox_pss(root, f"n{n}", []) / 1024
+            pss, uss = sandbox_mem(root, f"n{n}", [])
+            out[f"pss_new{n}"], out[f"uss_new{n}"] = pss / 1024, uss / 1024
     finally:
         for cid in ("j2", "j3", "n2", "n3", "a"):
             subprocess.run(
@@ -123,11 +144,16 @@ def main() -> int:
             f"| container {n}: `run -d` | {med(f'join{n}'):.2f} s | {med(f'new{n}'):.2f} s | "
             f"{med(f'join{n}') / med(f'new{n}'):.2f} |"
         )
-        rows.append(
-            f"| container {n}: host PSS added | {med(f'pss_join{n}'):.1f} MiB | "
-            f"{med(f'pss_new{n}'):.1f} MiB | {med(f'pss_join{n}') / med(f'pss_new{n}'):.2f} |"
-        )
-    rows.append(f"\n(first container: `run -d` {med('first'):.2f} s; TCG, a shared 2-core host)")
+        for kind in ("pss", "uss"):
+            a, b = med(f"{kind}_join{n}"), med(f"{kind}_new{n}")
+            rows.append(
+                f"| container {n}: host {kind.upper()} added | {a:.1f} MiB | {b:.1f} MiB "
+                f"| {a / b:.2f} |"
+            )
+    rows.append(
+        f"\n(first container: `run -d` {med('first'):.2f} s; TCG, a shared 2-core host; "
+        "PSS/USS of QEMU + service + stubs; USS = private pages, what the member alone adds)"
+    )
     table = "\n".join(rows)
     print(table)
     if not args.no_write:
