@@ -256,6 +256,27 @@ def test_docker_network_container(
     assert not {aid, jid} & set(_states(root))
 
 
+def test_podman_pid_and_ipc_of_a_with_a_network_of_its_own(
+    podman: Podman, cocoon_rt: str, cname: Callable[[], str]
+) -> None:
+    """``--pid/--ipc container:A --network none``: in A's VM, seeing A's processes and
+    sharing its IPC, but on a loopback of its own (A's server is not on it)."""
+    a, j = cname(), cname()
+    check(podman("run", "-d", *NONET, "--name", a, IMG, *SERVER, runtime=cocoon_rt))
+    p = podman(
+        "run", "--rm", "--pid", f"container:{a}", "--ipc", f"container:{a}", *NONET, IMG,
+        "sh", "-c", "ps -o args; readlink /proc/self/ns/ipc; nc -w 2 127.0.0.1 7000 "
+        "</dev/null; echo nc=$?",
+        runtime=cocoon_rt,
+    )  # fmt: skip
+    check(p)
+    assert "nc -ll -p 7000" in p.stdout, describe(p)  # A's process, seen
+    assert "nc=1" in p.stdout and "refused" in p.stderr, describe(p)  # not A's localhost
+    a_ipc = check(podman("exec", a, "readlink", "/proc/self/ns/ipc", runtime=cocoon_rt)).stdout
+    assert a_ipc.strip() in p.stdout, describe(p)
+    check(podman("rm", "-f", "-t", "0", a, runtime=cocoon_rt))
+
+
 def test_runc_namespace_is_refused_and_untouched(
     podman: Podman, cocoon_rt: str, cname: Callable[[], str]
 ) -> None:
