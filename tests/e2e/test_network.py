@@ -164,10 +164,18 @@ def test_container_in_vm_owns_the_pod_ip(env: Env, pod: Pod) -> None:
         # The container reaches a server in the node namespace.
         r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
         assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
-        # A second VM cannot take the same interface; the first keeps its network.
+        # A second VM never takes the same interface: a container naming this namespace
+        # joins n1's VM (create/start; a foreground run is refused); n1 keeps its network.
         r = env.run("run", "--bundle", str(bundle), "n2")
-        assert r.returncode == 1 and b"already carries another Cocoon VM" in r.stderr, r.stderr
+        assert r.returncode == 1 and b"names a running Cocoon sandbox" in r.stderr, r.stderr
         assert pod.traces() == during
+        other = env.bundle(["/bin/sleep", "600"])
+        write_spec(other, [{"type": "network", "path": pod.path}])
+        assert env.run("run", "-d", "--bundle", str(other), "n2", capture=False).returncode == 0
+        r = env.run("exec", "n2", "ip", "addr", "show", "eth0")  # the pod IP is its too
+        assert f"inet {POD_IP}/24" in r.stdout.decode(), r
+        assert pod.traces() == during
+        assert env.run("delete", "--force", "n2").returncode == 0
         r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
         assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
         assert env.run("kill", "n1", "KILL").returncode == 0

@@ -130,3 +130,30 @@ def test_pods_in_a_root(tmp_path: Path) -> None:
         for p in (stub, fake):
             p.kill()
             p.wait()
+
+
+def test_a_members_paths_are_its_own_state_and_its_sandboxs_sockets(tmp_path: Path) -> None:
+    import argparse
+
+    from cocoon.cli.common import paths_for
+    from cocoon.errors import NotFound
+
+    for cid, extra in {"home": {}, "j": {"sandbox": "home"}, "gone": {"deleted": True}}.items():
+        p = persist.SandboxPaths(tmp_path, cid)
+        p.dir.mkdir()
+        persist.save(p, persist.SandboxState(cid, "/b", "now", **extra))  # type: ignore[arg-type]
+    args = argparse.Namespace(root=str(tmp_path))
+    j = paths_for(args, "j")
+    assert j.is_member and j.dir == tmp_path / "j" and j.state == tmp_path / "j/state.json"
+    assert j.service_sock == tmp_path / "home/service.sock"
+    assert j.stdio_sock == paths_for(args, "home").stdio_sock
+    j.remove_sock_dir()  # never the sandbox's
+    with pytest.raises(NotFound, match="'gone' does not exist"):
+        paths_for(args, "gone")
+
+
+def test_deep_members_share_their_sandboxs_short_socket_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60)
+    home = persist.SandboxPaths(deep, "h" * 64)
+    member = persist.SandboxPaths(deep, "m" * 64, home="h" * 64)
+    assert home.sock_dir != home.dir and member.sock_dir == home.sock_dir
