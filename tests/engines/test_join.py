@@ -261,7 +261,7 @@ def test_podman_pid_and_ipc_of_a_with_a_network_of_its_own(
 ) -> None:
     """``--pid/--ipc container:A --network none``: in A's VM, seeing A's processes and
     sharing its IPC, but on a loopback of its own (A's server is not on it)."""
-    a, j = cname(), cname()
+    a = cname()
     check(podman("run", "-d", *NONET, "--name", a, IMG, *SERVER, runtime=cocoon_rt))
     p = podman(
         "run", "--rm", "--pid", f"container:{a}", "--ipc", f"container:{a}", *NONET, IMG,
