@@ -257,7 +257,7 @@ def _create_member(args: argparse.Namespace, reporter: Reporter, pod: Any) -> in
         create_hooks(paths, bundle, spec, pid, reporter)
         write_pid_file(args.pid_file, pid)
     except BaseException:
-        destroy_member(paths)
+        destroy_member(paths, reporter)
         raise
     return 0
 

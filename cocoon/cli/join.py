@@ -106,13 +106,17 @@ def create_member(
     return paths, bundle.path, bundle.spec
 
 
-def destroy_member(paths: SandboxPaths) -> None:
-    """Undo a half-made member: out of the VM, its state dir gone (never the sandbox)."""
-    from cocoon.service import quick
-
-    with contextlib.suppress(CocoonError):
-        quick.call(paths, "Delete", container_id=paths.id, force=True)
-    persist.remove_tree(paths.dir)
+def destroy_member(paths: SandboxPaths, reporter: Reporter) -> None:
+    """Undo a half-made member: out of the VM, its state dir gone; the sandbox too if
+    it was the last container there (its home's own already deleted)."""
+    try:
+        st = persist.load(paths)
+    except CocoonError:
+        persist.remove_tree(paths.dir)
+        return
+    left = delete_member_or_home(paths, st, True, reporter) or []
+    if left:
+        reporter.warn(f"could not remove {', '.join(left)}")
 
 
 def delete_member_or_home(
