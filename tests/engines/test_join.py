@@ -21,6 +21,7 @@ from tests.engines.conftest import (
     RUNC,
     Dockerd,
     Podman,
+    PtySession,
     check,
     describe,
     run,
@@ -254,6 +255,31 @@ def test_docker_network_container(
         check(dockerd("rm", "-f", a))
     wait_for("the VM to go", lambda: not os.path.exists(f"/proc/{qemu}"), 60, 0.5)
     assert not {aid, jid} & set(_states(root))
+
+
+def test_podman_pod_member_with_a_tty(
+    podman: Podman,
+    cocoon_rt: str,
+    cname: Callable[[], str],
+    pod: str,
+    spawn_pty: Callable[..., PtySession],
+) -> None:
+    """A member's pty and exit status are its own (the stub's console socket)."""
+    check(podman("pod", "create", "--name", pod, *NONET, runtime=cocoon_rt))
+    srv = cname()
+    check(podman("run", "-d", "--pod", pod, "--name", srv, IMG, *SERVER, runtime=cocoon_rt))
+    s = spawn_pty(
+        podman.argv("run", "-it", "--rm", "--pod", pod, IMG, "/bin/sh", runtime=cocoon_rt),
+        env=podman.env,
+    )
+    s.expect("# ")
+    s.send("tty; nc 127.0.0.1 7000 </dev/null\r")
+    s.expect("/dev/pts/")
+    s.expect("hello-from-server")
+    s.send("exit 4\r")
+    assert s.wait() == 4, s.output
+    assert podman.status(srv) == "running"
+    check(podman("pod", "rm", "-f", "-t", "0", pod, runtime=cocoon_rt))
 
 
 def test_podman_pid_and_ipc_of_a_with_a_network_of_its_own(
