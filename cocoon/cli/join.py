@@ -20,6 +20,8 @@ from cocoon.errors import AlreadyExists, CocoonError, FailedPrecondition, Invali
 from cocoon.service import membership, persist
 from cocoon.service.persist import SandboxPaths
 
+VM_ANNOTATIONS = ("io.cocoon.config.", "io.katacontainers.config.")
+
 
 def find(args: argparse.Namespace, bundle: str) -> membership.PodView | None:
     """The running sandbox the bundle's spec names, if any; raises InvalidArgument."""
@@ -103,6 +105,11 @@ def create_member(
             raise
     for warning in reply.get("warnings", []):
         reporter.warn(str(warning))
+    ignored = sorted(k for k in bundle.annotations if k.startswith(VM_ANNOTATIONS))
+    if ignored:
+        reporter.warn(
+            f"{', '.join(ignored)}: ignored, the VM is {pod.home}'s and keeps its settings"
+        )
     return paths, bundle.path, bundle.spec
 
 
