@@ -143,6 +143,8 @@ def delete_member_or_home(
     home_id = st.sandbox or st.id
     if not st.sandbox and not membership.members_of(paths.root, st.id):
         return None
+    if st.sandbox and not (paths.root / home_id).is_dir():
+        return persist.remove_tree(paths.dir)  # its sandbox is gone already (a crash)
     lock = container_lock(paths.root, home_id) if st.sandbox else contextlib.nullcontext()
     with lock:
         home_paths = SandboxPaths(paths.root, home_id)

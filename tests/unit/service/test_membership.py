@@ -157,3 +157,16 @@ def test_deep_members_share_their_sandboxs_short_socket_dir(tmp_path: Path) -> N
     home = persist.SandboxPaths(deep, "h" * 64)
     member = persist.SandboxPaths(deep, "m" * 64, home="h" * 64)
     assert home.sock_dir != home.dir and member.sock_dir == home.sock_dir
+
+
+def test_a_member_whose_sandbox_is_gone_is_deleted_alone(tmp_path: Path) -> None:
+    """After a crash cleanup removed its sandbox's home, a member's delete still works."""
+    from cocoon.cli.join import delete_member_or_home
+    from cocoon.cli.output import Reporter
+
+    paths = persist.SandboxPaths(tmp_path, "j", home="home")
+    paths.dir.mkdir()
+    st = persist.SandboxState("j", "/b", "now", sandbox="home")
+    persist.save(paths, st)
+    assert delete_member_or_home(paths, st, True, Reporter(None, "text", False)) == []
+    assert not paths.dir.exists() and not (tmp_path / ".locks").exists()
