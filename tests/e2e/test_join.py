@@ -141,3 +141,41 @@ def test_joining_a_non_cocoon_namespace_is_refused(env: Env) -> None:
     finally:
         helper.kill()
         helper.wait()
+
+
+def test_concurrent_joins_and_deletes_of_one_sandbox(env: Env) -> None:
+    """Joins are serialised on the sandbox's lock: all land in the one VM, and deletes
+    in parallel leave nothing (the last one stops the VM)."""
+    owner = env.bundle(["/bin/sleep", "600"])
+    assert env.run("run", "-d", "--bundle", str(owner), "a", capture=False).returncode == 0
+    apid = int(wait_status(env, "a", "running")["pid"])  # type: ignore[call-overload]
+    qemu = _qemu_of(env, "a")
+    bundles = {f"j{i}": _joiner_bundle(env, ["/bin/sleep", "600"], apid) for i in range(3)}
+    procs = [
+        subprocess.Popen(
+            env.argv("run", "-d", "--bundle", str(b), cid),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for cid, b in bundles.items()
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    for cid in bundles:
+        wait_status(env, cid, "running")
+        assert json.loads((env.root / cid / "state.json").read_text())["sandbox"] == "a"
+    assert _qemu_of(env, "a") == qemu
+    procs = [
+        subprocess.Popen(
+            env.argv("delete", "--force", cid),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for cid in ["a", *bundles]
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{qemu}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{qemu}")
