@@ -210,11 +210,19 @@ def test_another_containers_namespace_is_not_stolen(env: Env, pod: Pod) -> None:
         while in_ns(pod.pod, "true").returncode != 0 or not _lives_in(other.pid, pod.path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        ping = ("/bin/busybox", "ping", "-c", "1", "-W", "10", POD_IP)
+        assert in_ns(pod.peer, *ping, check=False).returncode == 0
         bundle = env.bundle(["/bin/true"])
-        write_spec(bundle, [{"type": "network", "path": pod.path}])
-        r = env.run("run", "--bundle", str(bundle), "st1")
-        err = r.stderr.decode()
-        assert r.returncode == 1 and "belongs to another container" in err, err
+        # The namespace file, and the process's path (what --network container:X gives).
+        for path in (pod.path, f"/proc/{other.pid}/ns/net"):
+            write_spec(bundle, [{"type": "network", "path": path}])
+            for verb in (["run"], ["run", "-d"]):
+                r = env.run(*verb, "--bundle", str(bundle), "st1")
+                err = r.stderr.decode()
+                assert r.returncode == 1 and "belongs to another container" in err, err
+                assert "run that container with Cocoon too" in err, err
+        # Untouched: it still answers on its own network.
+        assert in_ns(pod.peer, *ping, check=False).returncode == 0
     finally:
         other.kill()
         other.wait()
