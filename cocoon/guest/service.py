@@ -128,6 +128,7 @@ class AgentService:
             req.terminal,
             req.pod_sandbox,
             req.pod_namespaces,
+            req.pod_exact,
         )
         return w.Empty()
 

@@ -46,6 +46,7 @@ from cocoon.resources.sizing import (
     updated_workload,
 )
 from cocoon.service import persist
+from cocoon.service.membership import JoinPlan
 from cocoon.service.stdio import Relays
 from cocoon.storage.share import GUEST_SHARE, SharedDir, plan_container
 from cocoon.storage.virtiofsd import Virtiofsd
@@ -440,6 +441,21 @@ class Sandbox:
             raise NotFound(f"process {exec_id or 'init'} of container {cid!r} does not exist")
         return proc
 
+    async def join_container(self, cid: str, bundle_dir: str, stdin: bool) -> None:
+        """A container of another CLI invocation into this VM: the VM's network, and
+        the IPC/UTS/PID namespaces its spec names by a container's stub PID
+        (cocoon.service.membership)."""
+        from cocoon.service.membership import join_plan
+
+        validate_id(cid)
+        stubs = {
+            pid: c.id
+            for c in self.containers.values()
+            if (pid := c.host_pids.get("", 0)) and c.status != "stopped"
+        }
+        join = join_plan(load_bundle(bundle_dir).spec, stubs)
+        await self.create_container(cid, bundle_dir, stdin, join=join)
+
     async def create_container(
         self,
         cid: str,
@@ -447,12 +463,14 @@ class Sandbox:
         stdin: bool,
         pod_sandbox: str = "",
         local_rootfs: bool = False,
+        join: JoinPlan | None = None,
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member), and
         its PID namespace too when the spec names the pod's. ``local_rootfs``: this
         process mounted the rootfs itself (the shim), so it is taken from its own
-        mount namespace; every other source from the host's."""
+        mount namespace; every other source from the host's. ``join``: a joiner's
+        plan (exactly the namespaces it names, see join_container)."""
         validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
@@ -465,8 +483,12 @@ class Sandbox:
             bundle.spec,
             bundle.rootfs,
             bundle.readonly_rootfs,
-            frozenset({vm_pid}) if vm_pid else frozenset(),
+            join.pod_pids if join else frozenset({vm_pid}) if vm_pid else frozenset(),
         )
+        if join is not None:
+            pod_sandbox = join.target
+            if join.new_network:  # its own, loopback only (docker's --network none)
+                plan.guest_spec["linux"]["namespaces"].append({"type": "network"})
         agent = await self.ready()
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
@@ -489,6 +511,7 @@ class Sandbox:
                     pod_sandbox=pod_sandbox,
                     pod_namespaces=plan.pod_namespaces,
                     volumes=guest_volumes,
+                    pod_exact=join is not None,
                 )
             )
         except BaseException:

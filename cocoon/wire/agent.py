@@ -98,6 +98,9 @@ class CreateContainerRequest:
     pod_namespaces: list[str] = field(default_factory=list)
     # Guest-side volumes the spec's mounts take their sources from.
     volumes: list[GuestVolume] = field(default_factory=list)
+    # Join exactly pod_namespaces (a container of another CLI invocation in this VM:
+    # docker's --ipc container:A), not the pod's IPC and UTS ones besides.
+    pod_exact: bool = False
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_host_namespace_paths_are_refused_pod_ones_joined(tmp_path: Path) -> Non
         {"type": "ipc", "path": "/proc/7/ns/ipc"},
     ]
     kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}.__getitem__
-    with pytest.raises(InvalidArgument, match="not supported yet"):
+    with pytest.raises(InvalidArgument, match="not Cocoon's"):
         plan_container("c", spec, tmp_path, False, nstype=kinds)
     plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds)
     assert plan.guest_spec["linux"]["namespaces"] == []
