@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +152,7 @@ def updated_spec(spec: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[
     return {**spec, "linux": linux}
 
 
-def shared_vm_cpu(members: list[Mapping[str, Any]]) -> dict[str, Any]:
+def shared_vm_cpu(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The ``cpu`` section for the host cgroup of a VM several CLI containers share.
 
     As the kubelet sizes a pod's cgroup: the sum of the members' quotas when every
@@ -161,7 +161,9 @@ def shared_vm_cpu(members: list[Mapping[str, Any]]) -> dict[str, Any]:
     total = 0.0
     for res in members:
         cpu = res.get("cpu") if isinstance(res, Mapping) else None
-        quota = cpu.get("quota") if isinstance(cpu, Mapping) else None
+        if not isinstance(cpu, Mapping):
+            return {"quota": UNLIMITED_QUOTA, "period": DEFAULT_PERIOD}
+        quota = cpu.get("quota")
         if not isinstance(quota, int) or isinstance(quota, bool) or quota <= 0:
             return {"quota": UNLIMITED_QUOTA, "period": DEFAULT_PERIOD}
         period = _positive(cpu.get("period")) or DEFAULT_PERIOD
