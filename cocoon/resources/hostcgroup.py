@@ -396,8 +396,9 @@ def _plan_v2(
         weight = str(_v2_cpu_weight(limits.cpu_shares))
         plan.writes.append(Write(posixpath.join(leaf, "cpu.weight"), weight))
     if quota:
-        value = f"{limits.cpu_quota} {limits.cpu_period}"
-        plan.writes.append(Write(posixpath.join(leaf, "cpu.max"), value))
+        assert limits.cpu_quota is not None
+        max_ = "max" if limits.cpu_quota < 0 else str(limits.cpu_quota)
+        plan.writes.append(Write(posixpath.join(leaf, "cpu.max"), f"{max_} {limits.cpu_period}"))
     if io:
         assert limits.blkio_weight is not None
         # io.weight needs the iocost or BFQ controller; skipped at apply time when absent.

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from cocoon.errors import InvalidArgument
 from cocoon.resources import sizing
 
 MIN_HOST_CPUS = 0.25
+UNLIMITED_QUOTA = -1  # HostLimits.cpu_quota: write "no limit" (v1 -1, v2 "max")
 DEFAULT_PERIOD = sizing.DEFAULT_CPU_PERIOD
 PAGE_SIZE = re.compile(r"^[1-9][0-9]*[KMG]B$")
 
@@ -151,8 +152,31 @@ def updated_spec(spec: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[
     return {**spec, "linux": linux}
 
 
-def from_spec(spec: Mapping[str, Any]) -> HostLimits:
-    """The host limits for the sandbox whose first (or pod sandbox) spec is ``spec``."""
+def shared_vm_cpu(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``cpu`` section for the host cgroup of a VM several CLI containers share.
+
+    As the kubelet sizes a pod's cgroup: the sum of the members' quotas when every
+    one has a quota, else no quota (one unlimited member makes the VM unlimited).
+    """
+    total = 0.0
+    for res in members:
+        cpu = res.get("cpu") if isinstance(res, Mapping) else None
+        if not isinstance(cpu, Mapping):
+            return {"quota": UNLIMITED_QUOTA, "period": DEFAULT_PERIOD}
+        quota = cpu.get("quota")
+        if not isinstance(quota, int) or isinstance(quota, bool) or quota <= 0:
+            return {"quota": UNLIMITED_QUOTA, "period": DEFAULT_PERIOD}
+        period = _positive(cpu.get("period")) or DEFAULT_PERIOD
+        total += quota / period
+    return {"quota": math.ceil(total * DEFAULT_PERIOD), "period": DEFAULT_PERIOD}
+
+
+def from_spec(spec: Mapping[str, Any], lift: bool = False) -> HostLimits:
+    """The host limits for the sandbox whose first (or pod sandbox) spec is ``spec``.
+
+    A quota of -1 leaves the controller alone at create (engines write it for "no
+    limit"); with ``lift`` (an update) it is written, lifting the limit in force.
+    """
     linux = sizing._mapping(spec.get("linux"), "linux")
     res = sizing._mapping(linux.get("resources"), "linux.resources")
     cpu = sizing._mapping(res.get("cpu"), "linux.resources.cpu")
@@ -164,9 +188,12 @@ def from_spec(spec: Mapping[str, Any]) -> HostLimits:
         where = "annotation io.kubernetes.cri.sandbox-cpu-"
     else:
         quota, period, where = cpu.get("quota"), cpu.get("period"), "linux.resources.cpu."
+    unlimited = lift and type(quota) is int and quota == -1
     quota, period = _positive(quota), _positive(period)
     notes: list[str] = []
-    if quota is not None:
+    if unlimited:
+        quota, period = UNLIMITED_QUOTA, period or DEFAULT_PERIOD
+    elif quota is not None:
         period = period or DEFAULT_PERIOD  # the kernel's, which runc leaves in place
         sizing._check_cpu(quota, period, where)
         floor = math.ceil(period * MIN_HOST_CPUS)

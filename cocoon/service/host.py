@@ -92,9 +92,15 @@ def build_sandbox(
         sandbox.on_memory_growth = grow
 
         def update(_cid: str, resources: dict[str, Any]) -> None:
-            # The VM's host cgroup is one container's only in a sandbox of one; a
-            # pod's is the pod's (kubelet sizes it), not any member's.
-            if len(sandbox.containers) == 1:
+            # The VM's host cgroup is one container's in a sandbox of one; a CLI
+            # sandbox others joined gets its members' CPU total (as a pod's); a
+            # shim pod's is the kubelet's to size, not any member's.
+            if sandbox.joined:
+                from cocoon.resources.hostlimits import shared_vm_cpu
+
+                live = [c.resources for c in sandbox.containers.values() if c.status != "stopped"]
+                host_cg.update_limits({"cpu": shared_vm_cpu(live)}, sandbox.memory_mib)
+            elif len(sandbox.containers) == 1:
                 host_cg.update_limits(resources, sandbox.memory_mib)
 
         sandbox.on_resources_update = update

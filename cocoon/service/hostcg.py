@@ -24,7 +24,9 @@ log = logging.getLogger("cocoon.cgroup")
 DEFAULT_PARENT = "cocoon"  # relative: below the runtime's own cgroup, as runc does
 
 
-def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int) -> hc.CgroupPlan:
+def plan_for(
+    spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int, lift: bool = False
+) -> hc.CgroupPlan:
     """The plan for a container; raises InvalidArgument for a path or limit we cannot honour.
 
     Which limits land here, and why: :mod:`cocoon.resources.hostlimits`. The block-I/O
@@ -44,7 +46,7 @@ def plan_for(spec: dict[str, Any], cid: str, memory_mib: int, overhead_mib: int)
         cid,
         memory_mib,
         overhead_mib,
-        limits=from_spec(spec),
+        limits=from_spec(spec, lift),
         default_parent=DEFAULT_PARENT,
     )
     assert plan is not None  # a default parent always gives a plan
@@ -110,7 +112,7 @@ class HostCgroup:
         from cocoon.resources.hostlimits import updated_spec
 
         spec = updated_spec(self.spec, resources)
-        new = plan_for(spec, self.sandbox_id, guest_mib, 0)
+        new = plan_for(spec, self.sandbox_id, guest_mib, 0, lift=True)
         writes, notes = hc.update_writes(self.plan, new)
         hc.write_all(writes)
         for note in notes:

@@ -141,6 +141,7 @@ class Sandbox:
         self.on_memory_growth: Callable[[int], None] | None = None
         # Called after an update reached the guest: the host cgroup's share of it.
         self.on_resources_update: Callable[[str, dict[str, Any]], None] | None = None
+        self.joined = False  # containers of other CLI invocations joined this VM
         self.vcpus = settings.vcpus
         self.memory_mib = settings.memory_mib
         self._dimms = 0
@@ -455,6 +456,9 @@ class Sandbox:
         }
         join = join_plan(load_bundle(bundle_dir).spec, stubs)
         await self.create_container(cid, bundle_dir, stdin, join=join)
+        self.joined = True
+        if self.on_resources_update is not None:  # the VM's host CPU follows its members
+            self.on_resources_update(cid, {})
 
     async def create_container(
         self,

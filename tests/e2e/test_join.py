@@ -179,3 +179,30 @@ def test_concurrent_joins_and_deletes_of_one_sandbox(env: Env) -> None:
     while os.path.exists(f"/proc/{qemu}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(f"/proc/{qemu}")
+
+
+def test_the_shared_vms_host_cpu_quota_is_its_members_total(env: Env) -> None:
+    """As a pod's cgroup: Σ quota/period of the members (a joiner and its update count)."""
+    parent = f"cocoon-join-{os.getpid()}"
+    owner = env.bundle(["/bin/sleep", "600"])
+    spec = json.loads((owner / "config.json").read_text())
+    spec["linux"]["resources"] = {"cpu": {"quota": 50000, "period": 100000}}
+    spec["linux"]["cgroupsPath"] = f"/{parent}/qa"
+    (owner / "config.json").write_text(json.dumps(spec))
+    quota_file = Path("/sys/fs/cgroup/cpu", parent, "qa", "cpu.cfs_quota_us")
+    assert env.run("run", "-d", "--bundle", str(owner), "qa", capture=False).returncode == 0
+    try:
+        apid = int(wait_status(env, "qa", "running")["pid"])  # type: ignore[call-overload]
+        assert quota_file.read_text().split() == ["50000"]
+        cpu = {"resources": {"cpu": {"quota": 30000, "period": 100000}}}
+        b = _joiner_bundle(env, ["/bin/sleep", "600"], apid, limits=cpu)
+        r = env.run("run", "-d", "--bundle", str(b), "qb", capture=False)
+        assert r.returncode == 0, (env.work / "out.log").read_text()
+        assert quota_file.read_text().split() == ["80000"]
+        r = env.run("update", "--cpu-quota", "70000", "qb")
+        assert r.returncode == 0, r.stderr.decode()
+        assert quota_file.read_text().split() == ["120000"]
+    finally:
+        for cid in ("qb", "qa"):
+            env.run("delete", "--force", cid)
+    assert not Path("/sys/fs/cgroup/cpu", parent).exists()

@@ -65,15 +65,15 @@ def test_namespace_path_of_another_type_is_an_error(
 
 
 @pytest.mark.parametrize("kind", ["ipc", "uts", "pid", "mnt", "cgroup"])
-def test_joining_another_containers_namespace_is_refused_in_one_line(env: Env, kind: str) -> None:
-    """podman pods pass ``/proc/<infra pid>/ns/<kind>``: not a namespace the VM can join
-    (here: this test's own, a host process's)."""
+def test_joining_a_host_process_namespace_is_refused_in_one_line(env: Env, kind: str) -> None:
+    """A ``/proc/<pid>/ns/<kind>`` of a process that is not Cocoon's (here: this test's
+    own, a host process's) is no namespace a VM can enter: one line, nothing made."""
     oci = {"mnt": "mount"}.get(kind, kind)
     path = f"/proc/{os.getpid()}/ns/{kind}"
     bundle = _with_namespace(env.bundle(["true"]), {"type": oci, "path": path})
     _one_error_line(
         env.run("run", "--bundle", str(bundle), "joins"),
-        "joining another container's namespaces is not supported yet",
+        f"cannot join {path}",
     )
 
 

@@ -193,3 +193,24 @@ def test_update_writes_only_what_changed_and_never_memory_or_devices(tmp_path: P
     writes, notes = hc.update_writes(old, new)
     assert writes == [Write(f"{root}/c/cpu.max", "100000 100000")]
     assert notes == ["cpu.max: no host cgroup of this controller was made at create"]
+
+
+def test_a_shared_vm_gets_its_members_cpu_total_or_no_quota() -> None:
+    from cocoon.resources.hostlimits import shared_vm_cpu
+
+    halves = [
+        {"cpu": {"quota": 50000, "period": 100000}},
+        {"cpu": {"quota": 25000, "period": 50000}},
+    ]
+    assert shared_vm_cpu(halves) == {"quota": 100000, "period": 100000}
+    assert shared_vm_cpu([*halves, {}]) == {"quota": -1, "period": 100000}
+    limits = from_spec(spec({"cpu": shared_vm_cpu([{}])}), lift=True)
+    assert (limits.cpu_quota, limits.cpu_period, limits.notes) == (-1, 100000, ())
+
+
+def test_no_quota_is_written_as_max_on_v2(tmp_path: Path) -> None:
+    root = make_v2(tmp_path / "cg", "cpu memory")
+    limits = from_spec(spec({"cpu": {"quota": -1}}), lift=True)
+    plan = hc.plan_from_spec("/c", "c", 64, 0, root, limits=limits, hugepages_dir=tmp_path)
+    assert plan is not None
+    assert Write(f"{root}/c/cpu.max", "max 100000") in plan.writes
