@@ -74,6 +74,25 @@ class AdjustClockRequest:
 
 
 @dataclass
+class BlockRootfs:
+    """The rootfs as virtio-blk disks (cocoon.storage.blockroot): the agent mounts the
+    read-only image and an overlay upper on the scratch disk, which it formats."""
+
+    image_serial: str
+    scratch_serial: str
+
+
+@dataclass
+class BlockDevice:
+    """A host block device hot-plugged for the container: the spec's entries (and
+    cgroup rules) with the host's numbers get the guest disk's."""
+
+    serial: str
+    host_major: int
+    host_minor: int
+
+
+@dataclass
 class CreateContainerRequest:
     container_id: str
     spec: dict[str, Any]  # the OCI config.json; the agent rewrites root.path
@@ -84,6 +103,10 @@ class CreateContainerRequest:
     pod_sandbox: str = ""
     # More of pod_sandbox's namespaces to join, by OCI type ("pid": the pod shares it).
     pod_namespaces: list[str] = field(default_factory=list)
+    block_rootfs: BlockRootfs | None = None
+    block_devices: list[BlockDevice] = field(default_factory=list)
+    # A privileged container: every guest device (never the host's) in its /dev.
+    guest_devices: bool = False
 
 
 @dataclass
