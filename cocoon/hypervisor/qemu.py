@@ -208,9 +208,12 @@ class QemuVM:
             raise
 
     # -- disks -------------------------------------------------------------------
-    async def hotplug_disk(self, node: str, serial: str, fd: int, readonly: bool) -> int:
+    async def hotplug_disk(
+        self, node: str, serial: str, fd: int, readonly: bool, device: bool = False
+    ) -> int:
         """Hot-plug a virtio-blk-pci disk on ``fd`` (added to an fdset over QMP: QEMU is
-        chrooted and opens ``/dev/fdset/N``, never a path); return the fdset id."""
+        chrooted and opens ``/dev/fdset/N``, never a path); return the fdset id.
+        ``device``: ``fd`` is a host block device, not a file."""
         if self.state != VMState.RUNNING or self.qmp is None:
             raise Unavailable(f"VM is {self.state.value}")
         try:
@@ -227,7 +230,7 @@ class QemuVM:
                     "node-name": node,
                     "read-only": readonly,
                     "file": {
-                        "driver": "file",
+                        "driver": "host_device" if device else "file",
                         "filename": f"/dev/fdset/{fdset}",
                         "locking": "off",
                     },

@@ -31,7 +31,8 @@ class ContainerDisks:
         else:
             fd, ro = devices.open_block(disk), disk.readonly
         try:
-            fdset = await vm.hotplug_disk(disk.node, disk.serial, fd, ro)
+            device = isinstance(disk, devices.HostBlock)
+            fdset = await vm.hotplug_disk(disk.node, disk.serial, fd, ro, device)
         finally:
             os.close(fd)  # QEMU has its own copy
         self.plugged.append((disk.node, fdset))

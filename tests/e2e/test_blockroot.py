@@ -1,14 +1,19 @@
-"""The block-device rootfs (rootfs_mode = block): an erofs image + a guest-formatted scratch disk."""
+"""The block-device rootfs (rootfs_mode = block), host block devices, privileged specs."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from tests.e2e.conftest import Env
 
 BLOCK = {"COCOON_ROOTFS_MODE": "block"}
+# A few of the capabilities only a privileged spec has, and more.
+PRIVILEGED_CAPS = (
+    "SYS_ADMIN SYS_MODULE SYS_RAWIO SYS_BOOT CHOWN DAC_OVERRIDE FOWNER MKNOD SETUID SETGID"
+).split()
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -56,7 +61,8 @@ def test_block_rootfs_takes_the_writes_off_the_host(env: Env) -> None:
 
 
 def test_block_rootfs_by_annotation_and_readonly(env: Env) -> None:
-    b = env.bundle(["/bin/sh", "-c", "echo x > /x 2>/dev/null && echo wrote; cat /etc/passwd | head -1"])
+    script = "echo x > /x 2>/dev/null && echo wrote; head -1 /etc/passwd"
+    b = env.bundle(["/bin/sh", "-c", script])
     spec = json.loads((b / "config.json").read_text())
     spec["root"]["readonly"] = True
     spec.setdefault("annotations", {})["io.cocoon.config.runtime.rootfs_mode"] = "block"
@@ -66,3 +72,85 @@ def test_block_rootfs_by_annotation_and_readonly(env: Env) -> None:
     assert b"wrote" not in r.stdout
     assert r.stdout.startswith(b"root:"), r.stdout
     assert not (b / "rootfs" / "x").exists()
+
+
+def _loop_device(backing: Path) -> str:
+    backing.write_bytes(b"\0" * (4 << 20))
+    return subprocess.run(
+        ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_host_block_device_is_hot_plugged_at_the_requested_path(env: Env) -> None:
+    backing = env.work / "disk.img"
+    loop = _loop_device(backing)
+    try:
+        st = os.stat(loop)
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        script = (
+            "echo from-the-container | dd of=/dev/xdisk bs=512 conv=sync 2>/dev/null && sync && "
+            "head -c 18 /dev/xdisk && echo && ls -l /dev/xdisk && cat /proc/partitions"
+        )
+        b = env.bundle(["/bin/sh", "-c", script])
+        spec = json.loads((b / "config.json").read_text())
+        spec["linux"]["devices"] = [
+            {"path": "/dev/xdisk", "type": "b", "major": major, "minor": minor, "fileMode": 0o660}
+        ]
+        spec["linux"].setdefault("resources", {})["devices"] = [
+            {"allow": False, "access": "rwm"},
+            {"allow": True, "type": "b", "major": major, "minor": minor, "access": "rwm"},
+        ]
+        (b / "config.json").write_text(json.dumps(spec))
+        r = env.run("run", "--bundle", str(b), "cd")
+        assert r.returncode == 0, r.stderr.decode()
+        out = r.stdout.decode()
+        assert out.startswith("from-the-container\n"), out
+        assert " vd" in out.split("\n", 2)[2] and "loop" not in out, out  # the guest's disk
+        assert backing.read_bytes()[:19] == b"from-the-container\n"
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_host_character_device_is_refused_in_one_line(env: Env) -> None:
+    b = env.bundle(["/bin/true"])
+    spec = json.loads((b / "config.json").read_text())
+    spec["linux"]["devices"] = [{"path": "/dev/ttyS9", "type": "c", "major": 4, "minor": 73}]
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cr")
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.decode().splitlines() if "KVM" not in ln]
+    assert len(err) == 1 and "character device 4:73 cannot be passed into a VM" in err[0], err
+
+
+def _host_view() -> tuple[set[str], str]:
+    return set(os.listdir("/dev")), Path("/proc/partitions").read_text()
+
+
+def test_privileged_container_sees_the_guests_devices_not_the_hosts(env: Env) -> None:
+    from cocoon.storage.devices import host_dev_nodes
+
+    b = env.bundle(["/bin/sh", "-c", "ls /dev; echo ==; cat /proc/partitions"])
+    spec = json.loads((b / "config.json").read_text())
+    caps = [f"CAP_{c}" for c in PRIVILEGED_CAPS]
+    spec["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+    # As podman and docker write a privileged spec: every host /dev node.
+    spec["linux"]["devices"] = [
+        {"path": f"/dev/host{i}", "type": t, "major": ma, "minor": mi}
+        for i, (t, ma, mi) in enumerate(sorted(host_dev_nodes()))
+    ]
+    spec["linux"].setdefault("resources", {})["devices"] = [{"allow": True, "access": "rwm"}]
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cp")
+    assert r.returncode == 0, r.stderr.decode()
+    devs, _, parts = r.stdout.decode().partition("==\n")
+    names = set(devs.split())
+    assert not any(n.startswith("host") for n in names), names
+    assert "vda" in names  # the guest's own root disk
+    host_devs, host_parts = _host_view()
+    assert parts != host_parts and "vda" in parts
+    # Host-only devices (its disks, loop devices, ttys) are not there.
+    host_only = {"kvm", "zram0", "vsock", "loop0", "sda", "nvme0"} & host_devs
+    assert host_only and not names & host_only, names & host_only
+    host_disks = {ln.split()[-1]: ln.split()[2] for ln in host_parts.splitlines()[2:] if ln}
+    guest_disks = {ln.split()[-1]: ln.split()[2] for ln in parts.splitlines()[2:] if ln}
+    assert not set(host_disks.items()) & set(guest_disks.items()), (host_disks, guest_disks)
