@@ -61,7 +61,7 @@ def test_block_rootfs_takes_the_writes_off_the_host(env: Env) -> None:
 
 
 def test_block_rootfs_by_annotation_and_readonly(env: Env) -> None:
-    script = "echo x > /x 2>/dev/null && echo wrote; head -1 /etc/passwd"
+    script = "echo x > /x 2>/dev/null && echo wrote; head -1 /etc/passwd; grep ' / ' /proc/mounts"
     b = env.bundle(["/bin/sh", "-c", script])
     spec = json.loads((b / "config.json").read_text())
     spec["root"]["readonly"] = True
@@ -71,6 +71,7 @@ def test_block_rootfs_by_annotation_and_readonly(env: Env) -> None:
     assert r.returncode == 0, r.stderr.decode()
     assert b"wrote" not in r.stdout
     assert r.stdout.startswith(b"root:"), r.stdout
+    assert b"\noverlay / overlay ro," in r.stdout, r.stdout  # the block rootfs, read-only
     assert not (b / "rootfs" / "x").exists()
 
 
