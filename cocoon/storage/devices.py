@@ -79,16 +79,33 @@ def _num(dev: dict[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _allows_every_device(rules: list[Any]) -> bool:
+    """The last catch-all device cgroup rule allows everything (``a *:* rwm``)."""
+    verdict = False
+    for rule in rules:
+        if not isinstance(rule, dict) or rule.get("type", "a") != "a":
+            continue
+        if rule.get("major") not in (None, -1) or rule.get("minor") not in (None, -1):
+            continue
+        verdict = bool(rule.get("allow")) and set("rwm") <= set(str(rule.get("access", "rwm")))
+    return verdict
+
+
 def is_privileged(spec: dict[str, Any], host_nodes: set[Node]) -> bool:
-    """Every capability, and a device list that is the host's ``/dev``."""
+    """Every capability, and either a device list that is the host's ``/dev``
+    (podman, docker, the CRI) or none at all with every device allowed (the CRI
+    with containerd's ``privileged_without_host_devices``)."""
     caps = set(((spec.get("process") or {}).get("capabilities") or {}).get("bounding") or [])
     if not caps >= PRIVILEGED_CAPS:
         return False
+    linux = spec.get("linux") or {}
     listed = {
         (str(d.get("type")), d.get("major"), d.get("minor"))
-        for d in (spec.get("linux") or {}).get("devices") or []
+        for d in linux.get("devices") or []
         if isinstance(d, dict)
     }
+    if not listed:
+        return _allows_every_device((linux.get("resources") or {}).get("devices") or [])
     if not host_nodes:
         return False
     return len(listed & host_nodes) >= PRIVILEGED_COVERAGE * len(host_nodes)
@@ -125,7 +142,7 @@ def plan(
     devices = linux.get("devices") or []
     if not isinstance(devices, list):
         raise InvalidArgument("linux.devices must be a list")
-    if devices and is_privileged(spec, host_nodes):
+    if is_privileged(spec, host_nodes):
         linux["devices"] = []
         return DevicePlan([], linux, guest_devices=True)
     rules = ((linux.get("resources") or {}).get("devices")) or []

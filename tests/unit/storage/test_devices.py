@@ -103,3 +103,16 @@ def test_host_block_path_reads_devname(tmp_path: Path) -> None:
     assert devices.host_block_path(7, 3, str(tmp_path)) == Path("/dev/loop3")
     assert devices.host_block_path(7, 4, str(tmp_path)) is None
     assert devices.host_block_path(7, 5, str(tmp_path)) is None
+
+
+def test_privileged_without_host_devices_gets_the_guests() -> None:
+    caps = sorted(devices.PRIVILEGED_CAPS)
+    allow_all = [{"allow": True, "access": "rwm"}]
+    assert devices.plan(_spec([], allow_all, caps), 0, HOST, _paths).guest_devices
+    # Every capability but the default device rules: not privileged.
+    rules = [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    ]
+    assert not devices.plan(_spec([], rules, caps), 0, HOST, _paths).guest_devices
+    assert not devices.plan(_spec([], allow_all, ["CAP_CHOWN"]), 0, HOST, _paths).guest_devices
