@@ -37,3 +37,5 @@ bench: setup
 	.venv/bin/python bench/cli.py
 	.venv/bin/python bench/net.py
 	.venv/bin/python bench/shim.py
+	.venv/bin/python bench/volumes.py
+	.venv/bin/python bench/join.py

@@ -200,6 +200,11 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id, must_exist=False):
         try:
+            from cocoon.cli.join import find
+
+            pod = find(args, args.bundle)
+            if pod is not None:
+                return _create_member(args, reporter, pod)
             paths, bundle, _, spec = _start_sandbox(args, reporter, detached=True)
             try:
                 # The stub exists before the hooks: they get its PID, and its own
@@ -215,6 +220,7 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
                     netns_path=joined_netns(spec),
                 )
                 stub.register(paths, "", pid)
+                record_stub(paths, pid)
                 create_hooks(paths, bundle, spec, pid, reporter)
                 if wants_new_netns(spec) and spec.get("hooks"):
                     attach_hooked_network(paths, pid)
@@ -226,6 +232,40 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
             drop_if_unused(paths.root, paths.id)
             raise
     return 0
+
+
+def _create_member(args: argparse.Namespace, reporter: Reporter, pod: Any) -> int:
+    """``create`` into a running sandbox (cocoon.cli.join): the same stub, hooks and
+    pid file as any container; its network namespace is the sandbox's (or its own)."""
+    from cocoon.cli import stub
+    from cocoon.cli.join import create_member, destroy_member
+
+    paths, bundle, spec = create_member(args, reporter, pod)
+    try:
+        pid = stub.spawn(
+            paths,
+            paths.id,
+            "",
+            args.console_socket,
+            args.log,
+            args.log_format,
+            new_netns=wants_new_netns(spec),
+            netns_path=joined_netns(spec),
+        )
+        stub.register(paths, "", pid)
+        record_stub(paths, pid)
+        create_hooks(paths, bundle, spec, pid, reporter)
+        write_pid_file(args.pid_file, pid)
+    except BaseException:
+        destroy_member(paths, reporter)
+        raise
+    return 0
+
+
+def record_stub(paths: SandboxPaths, pid: int) -> None:
+    from cocoon.service.membership import record_stub as record
+
+    record(paths, pid)
 
 
 def start(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -275,6 +315,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id, must_exist=False):
         try:
+            from cocoon.cli.join import find
+
+            if find(args, args.bundle) is not None:
+                raise InvalidArgument(
+                    "the spec names a running Cocoon sandbox's namespaces: joining it "
+                    "needs create and start (or run --detach)"
+                )
             paths, bundle, service, spec = _start_sandbox(args, reporter, detached=False)
         except BaseException:
             drop_if_unused(paths.root, paths.id)

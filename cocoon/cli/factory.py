@@ -37,7 +37,6 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 def _default(args: argparse.Namespace, reporter: Reporter | None) -> tuple[Store, VMPlan, bool]:
     """The template store and the plan of a default sandbox (no container limits)."""
     from cocoon.assets import locate
-    from cocoon.cli.common import effective_config, sandbox_settings, with_configured_files
     from cocoon.config.paths import assets_dir, cache_dir
     from cocoon.factory.bound import Bound
     from cocoon.factory.key import PLACEHOLDER
@@ -45,6 +44,7 @@ def _default(args: argparse.Namespace, reporter: Reporter | None) -> tuple[Store
     from cocoon.hypervisor.accel import decide
     from cocoon.hypervisor.cmdline import SharePlan
     from cocoon.hypervisor.plan import vm_plan
+    from cocoon.service.prepare import effective_config, sandbox_settings, with_configured_files
 
     config = effective_config(args)
     settings = sandbox_settings(args, {}, {}, config)

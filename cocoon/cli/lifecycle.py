@@ -24,7 +24,12 @@ from cocoon.service import persist, quick
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.verb == "list":
         return _list(args)
-    paths = paths_for(args, args.id)
+    try:
+        paths = paths_for(args, args.id)
+    except NotFound:
+        if args.verb == "delete" and args.force:
+            return 0  # as runc: forcing the delete of an unknown ID is a no-op
+        raise
     handler: Callable[[argparse.Namespace, persist.SandboxPaths, Reporter], int] = {
         "state": _state,
         "kill": _kill,
@@ -70,8 +75,17 @@ def state_json(paths: persist.SandboxPaths, st: persist.SandboxState) -> dict[st
         "rootfs": spec_root,
         "created": st.created,
         "owner": "",
-        "annotations": st.annotations,
+        "annotations": _annotations(paths, st),
     }
+
+
+def _annotations(paths: persist.SandboxPaths, st: persist.SandboxState) -> dict[str, str]:
+    """The spec's, plus which sandbox (VM) the container lives in when it shares one."""
+    from cocoon.service.membership import SANDBOX_ANNOTATION, members_of
+
+    if st.sandbox or members_of(paths.root, st.id):
+        return {**st.annotations, SANDBOX_ANNOTATION: st.sandbox or st.id}
+    return st.annotations
 
 
 def _state(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Reporter) -> int:
@@ -134,25 +148,32 @@ def _delete(args: argparse.Namespace, paths: persist.SandboxPaths, reporter: Rep
             raise FailedPrecondition(
                 f"cannot delete container {paths.id!r}: it is {status} (stop it or use --force)"
             )
-        if alive(st.service_pid):
-            try:
+        from cocoon.cli.join import delete_member_or_home
+
+        shared = delete_member_or_home(paths, st, args.force, reporter)
+        if shared is not None:
+            left = shared  # a container sharing its sandbox (cocoon.service.membership)
+        else:
+            if alive(st.service_pid):
                 try:
-                    quick.call(paths, "Delete", container_id=paths.id, force=args.force)
-                except NotFound:
-                    quick.call(paths, "Shutdown")
-            except CocoonError as exc:
-                if not args.force:
-                    raise
-                reporter.debug(f"delete: the service failed ({exc}); cleaning up by force")
-            wait_service_exit(None, st.service_pid, 15)
-        left = force_cleanup(paths)
+                    try:
+                        quick.call(paths, "Delete", container_id=paths.id, force=args.force)
+                    except NotFound:
+                        quick.call(paths, "Shutdown")
+                except CocoonError as exc:
+                    if not args.force:
+                        raise
+                    reporter.debug(f"delete: the service failed ({exc}); cleaning up by force")
+                wait_service_exit(None, st.service_pid, 15)
+            left = force_cleanup(paths)
         try:
             spec = json.loads((Path(st.bundle) / "config.json").read_text())
             state = oci_state(paths, "stopped", pid, st.bundle, st.annotations)
             run_hooks("poststop", spec, state, False, reporter)
         except (OSError, ValueError, CocoonError) as exc:
             reporter.warn(f"poststop hooks: {exc}")
-        remove_lock(paths.root, paths.id)
+        if shared is None or paths.is_member:
+            remove_lock(paths.root, paths.id)  # a home with members keeps it: the sandbox's
     if left:
         raise CocoonError(f"could not remove {', '.join(left)}")
     return 0
@@ -239,6 +260,10 @@ def _list(args: argparse.Namespace) -> int:
                 st = persist.load(paths)
             except CocoonError:
                 continue
+            if st.deleted:
+                continue  # only the home of a sandbox its members still use
+            if st.sandbox:
+                paths = persist.SandboxPaths(root, entry.name, home=st.sandbox)
             rows.append(state_json(paths, st))
     if args.quiet:
         for r in rows:

@@ -174,6 +174,7 @@ class ContainerManager:
         terminal: bool,
         pod_sandbox: str = "",
         pod_namespaces: list[str] | tuple[str, ...] = (),
+        pod_exact: bool = False,
         block_rootfs: tuple[str, str] | None = None,
         block_devices: dict[str, tuple[int, int]] | None = None,
         guest_devices: bool = False,
@@ -184,7 +185,7 @@ class ContainerManager:
         if cid in self.containers:
             raise _error(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
         if pod_sandbox:
-            spec = self._join_pod(spec, pod_sandbox, pod_namespaces)
+            spec = self._join_pod(spec, pod_sandbox, pod_namespaces, pod_exact)
         if block_devices or guest_devices:
             spec = await self._guest_devices(spec, block_devices or {}, guest_devices)
         if block_rootfs is not None:
@@ -267,17 +268,27 @@ class ContainerManager:
         self._watch_exit(ctr, init)
 
     def _join_pod(
-        self, spec: dict[str, Any], sandbox_cid: str, extra: list[str] | tuple[str, ...] = ()
+        self,
+        spec: dict[str, Any],
+        sandbox_cid: str,
+        extra: list[str] | tuple[str, ...] = (),
+        exact: bool = False,
     ) -> dict[str, Any]:
         """The spec with its IPC, UTS and network namespaces those of the pod's sandbox,
-        and the ``extra`` ones (OCI types: "pid") too."""
+        and the ``extra`` ones (OCI types: "pid") too; with ``exact``, only ``extra``
+        (ipc, uts, pid: the network is the VM's, or the spec's own new one)."""
         sandbox = self.get(sandbox_cid)
         if sandbox.state == State.STOPPED or not sandbox.init.pid:
             raise _error(Code.FAILED_PRECONDITION, f"pod sandbox {sandbox_cid!r} is not running")
         unknown = set(extra) - set(POD_SHAREABLE) - set(POD_NAMESPACES)
         if unknown:
             raise _error(Code.INVALID_ARGUMENT, f"cannot share the pod's {sorted(unknown)}")
-        joined = {**POD_NAMESPACES, **{k: POD_SHAREABLE[k] for k in extra if k in POD_SHAREABLE}}
+        if exact:
+            named = {**POD_NAMESPACES, **POD_SHAREABLE}
+            joined = {k: named[k] for k in extra if k != "network"}
+        else:
+            shared = {k: POD_SHAREABLE[k] for k in extra if k in POD_SHAREABLE}
+            joined = {**POD_NAMESPACES, **shared}
         pid = sandbox.init.pid
         linux = dict(spec.get("linux") or {})
         namespaces = [ns for ns in linux.get("namespaces") or [] if ns.get("type") not in joined]

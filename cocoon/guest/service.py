@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cocoon import __version__
-from cocoon.guest import network, system
+from cocoon.guest import network, system, volumes
 from cocoon.guest.containers import ContainerManager
 from cocoon.guest.reaper import Reaper
 from cocoon.ttrpc.server import Server
@@ -115,6 +115,11 @@ class AgentService:
 
     # -- containers ----------------------------------------------------------
     async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
+        for vol in req.volumes:
+            try:
+                volumes.ensure(vol)
+            except (ValueError, OSError) as exc:
+                raise RPCError(Code.INVALID_ARGUMENT, str(exc)) from exc
         await self.containers.create(
             req.container_id,
             req.spec,
@@ -123,6 +128,7 @@ class AgentService:
             req.terminal,
             req.pod_sandbox,
             req.pod_namespaces,
+            req.pod_exact,
             block_rootfs=(
                 (req.block_rootfs.image_serial, req.block_rootfs.scratch_serial)
                 if req.block_rootfs is not None

@@ -87,7 +87,8 @@ def check(
         raise FailedPrecondition(
             f"network namespace {choice.path} belongs to another container (process "
             f"{p.pid}, {p.comm}, lives in it) that is not Cocoon's: moving its interfaces "
-            "into a VM would cut it off; give this container a namespace of its own"
+            "into a VM would cut it off; give this container a namespace of its own, or run "
+            "that container with Cocoon too (then this one joins its VM)"
         )
 
 

@@ -5,9 +5,10 @@ guest. The OCI spec requires that it be a namespace of the entry's type (checked
 on the host, with ``NS_GET_NSTYPE``). The only ones Cocoon can honour are those
 of its own pod: containerd's CRI names them ``/proc/<pid>/ns/<kind>`` with the PID
 the shim reported for the pod's sandbox container, which is the VM's (QEMU's)
-PID; in the guest they become joins of the sandbox container's namespaces. Any
-other path (the host's, another VM's, a podman infra container's) is refused:
-joining another sandbox is not supported yet. The network namespace is not
+PID; in the guest they become joins of the sandbox container's namespaces. The
+CLI's joiners (podman pod members, ``--ipc container:A``) are found before, by
+cocoon.service.membership, and planned with their sandbox's stub PIDs. Any other
+path (the host's, a runc container's) is refused. The network namespace is not
 planned here: the VM carries it (``cocoon.network.netns``) and every container
 shares the guest's.
 """
@@ -42,6 +43,10 @@ POD_JOINABLE = ("ipc", "uts", "pid")
 _PROC_NS = re.compile(r"/proc/(\d+)/ns/[a-z_]+")
 
 NOT_A_NAMESPACE = ""
+NOT_COCOONS = (
+    "it is not a namespace of a running Cocoon container (not Cocoon's: a VM cannot enter "
+    "a host namespace); run that container with Cocoon too, and this one joins its VM"
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def plan_namespaces(
     for i, ns in enumerate(entries):
         kind = ns.get("type") if isinstance(ns, dict) else None
         where = f"linux.namespaces[{i}] ({kind})"
-        if kind not in OCI_TYPES:
+        if not isinstance(kind, str) or kind not in OCI_TYPES:
             raise InvalidArgument(f"linux.namespaces[{i}]: unknown type {kind!r}")
         if kind == "network":
             continue
@@ -109,8 +114,5 @@ def plan_namespaces(
                 joins.append(kind)
             continue
         hint = " (a pod's containers may share its ipc, uts and pid namespaces)" if pod_pids else ""
-        raise InvalidArgument(
-            f"{where}: cannot join {path}: joining another container's namespaces "
-            f"is not supported yet{hint}"
-        )
+        raise InvalidArgument(f"{where}: cannot join {path}: {NOT_COCOONS}{hint}")
     return NamespacePlan(guest, joins)

@@ -57,6 +57,10 @@ class ServiceAPI:
         await self.sandbox.create_container(req.container_id, req.bundle, req.stdin)
         return s.CreateResponse(self.sandbox.take_warnings())
 
+    async def Join(self, req: s.CreateRequest) -> s.CreateResponse:
+        await self.sandbox.join_container(req.container_id, req.bundle, req.stdin)
+        return s.CreateResponse(self.sandbox.take_warnings())
+
     async def Start(self, req: s.ContainerRef) -> s.Empty:
         await self.sandbox.start_container(req.container_id)
         return s.Empty()

@@ -92,6 +92,8 @@ def force_cleanup(paths: SandboxPaths) -> list[str]:
         pids = [st.service_pid, st.qemu_pid, st.virtiofsd_pid]
         cgroup = st.cgroup
         netns = st.netns
+        if st.sandbox:  # a member: the processes are its sandbox's, not its own
+            pids, cgroup, netns = [], {}, ""
     except CocoonError:
         pids = []
     for pid in pids:

@@ -26,10 +26,21 @@ SHORT_SOCKET_ROOT = Path("/run/cocoon-s")
 class SandboxPaths:
     root: Path
     id: str
+    # A member of another container's sandbox (cocoon.service.membership): the ID
+    # whose state dir is the sandbox's home, where its service's sockets are.
+    home: str = ""
 
     @property
     def dir(self) -> Path:
         return self.root / self.id
+
+    @property
+    def home_dir(self) -> Path:
+        return self.root / (self.home or self.id)
+
+    @property
+    def is_member(self) -> bool:
+        return bool(self.home) and self.home != self.id
 
     def _p(self, name: str) -> Path:
         return self.dir / name
@@ -37,11 +48,12 @@ class SandboxPaths:
     @property
     def sock_dir(self) -> Path:
         """The state dir, or a short hashed dir when socket paths would be too long."""
-        if len(str(self.dir / "service.sock")) <= UNIX_PATH_MAX:
-            return self.dir
+        home = self.home_dir
+        if len(str(home / "service.sock")) <= UNIX_PATH_MAX:
+            return home
         import hashlib
 
-        return SHORT_SOCKET_ROOT / hashlib.sha256(str(self.dir).encode()).hexdigest()[:20]
+        return SHORT_SOCKET_ROOT / hashlib.sha256(str(home).encode()).hexdigest()[:20]
 
     def _s(self, name: str) -> Path:
         return self.sock_dir / name
@@ -59,10 +71,12 @@ class SandboxPaths:
     virtiofsd_log = property(lambda self: self._p("virtiofsd.log"))
 
     def make_sock_dir(self) -> None:
-        if self.sock_dir != self.dir:
+        if self.sock_dir != self.home_dir:
             self.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def remove_sock_dir(self) -> None:
+        if self.is_member:
+            return  # the sandbox's, not this member's
         if self.sock_dir != self.dir and self.sock_dir.exists():
             remove_tree(self.sock_dir)
 
@@ -88,6 +102,11 @@ class SandboxState:
     assets: dict[str, str] = field(default_factory=dict)
     cgroup: dict[str, Any] = field(default_factory=dict)  # the host cgroup plan
     netns: str = ""  # the pod network namespace the VM carries ("" = none)
+    # Sharing a sandbox (cocoon.service.membership):
+    stub_pid: int = 0  # the init's stub: what another spec's /proc/<pid>/ns/* names
+    netns_id: list[int] = field(default_factory=list)  # (dev, ino) of the VM's netns
+    sandbox: str = ""  # a member: the ID whose state dir is the sandbox's home
+    deleted: bool = False  # the home's own container is deleted; members still live
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

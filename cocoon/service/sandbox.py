@@ -47,6 +47,7 @@ from cocoon.resources.sizing import (
 )
 from cocoon.service import persist
 from cocoon.service.disks import ContainerDisks
+from cocoon.service.membership import JoinPlan
 from cocoon.service.stdio import Relays
 from cocoon.storage.blockroot import BlockRootfs
 from cocoon.storage.devices import DevicePlan
@@ -445,6 +446,21 @@ class Sandbox:
             raise NotFound(f"process {exec_id or 'init'} of container {cid!r} does not exist")
         return proc
 
+    async def join_container(self, cid: str, bundle_dir: str, stdin: bool) -> None:
+        """A container of another CLI invocation into this VM: the VM's network, and
+        the IPC/UTS/PID namespaces its spec names by a container's stub PID
+        (cocoon.service.membership)."""
+        from cocoon.service.membership import join_plan
+
+        validate_id(cid)
+        stubs = {
+            pid: c.id
+            for c in self.containers.values()
+            if (pid := c.host_pids.get("", 0)) and c.status != "stopped"
+        }
+        join = join_plan(load_bundle(bundle_dir).spec, stubs)
+        await self.create_container(cid, bundle_dir, stdin, join=join)
+
     async def create_container(
         self,
         cid: str,
@@ -452,12 +468,14 @@ class Sandbox:
         stdin: bool,
         pod_sandbox: str = "",
         local_rootfs: bool = False,
+        join: JoinPlan | None = None,
     ) -> None:
         """Create a container in the guest; ``pod_sandbox`` names the container of this
         sandbox whose IPC, UTS and network namespaces it joins (a pod member), and
         its PID namespace too when the spec names the pod's. ``local_rootfs``: this
         process mounted the rootfs itself (the shim), so it is taken from its own
-        mount namespace; every other source from the host's."""
+        mount namespace; every other source from the host's. ``join``: a joiner's
+        plan (exactly the namespaces it names, see join_container)."""
         validate_id(cid)  # the shim's ids come straight from containerd
         if cid in self.containers:
             raise AlreadyExists(f"container {cid!r} already exists")
@@ -470,17 +488,27 @@ class Sandbox:
             bundle.spec,
             bundle.rootfs,
             bundle.readonly_rootfs,
-            frozenset({vm_pid}) if vm_pid else frozenset(),
+            join.pod_pids if join else frozenset({vm_pid}) if vm_pid else frozenset(),
         )
+        if join is not None:
+            pod_sandbox = join.target
+            if join.new_network:  # its own, loopback only (docker's --network none)
+                plan.guest_spec["linux"]["namespaces"].append({"type": "network"})
         plan, block, dev_plan = self._plan_disks(cid, plan)
         agent = await self.ready()
         assert self.vm is not None
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
         local = frozenset({bundle.rootfs}) if local_rootfs else frozenset()
+        plan = self.share.emptydir_subpaths(plan, bundle.spec.get("annotations") or {})
+        media = self.share.probe_emptydirs(plan.emptydirs)
+        guest_volumes = [
+            w.GuestVolume(e.guest_path, e.size, medium, dict(e.subdirs))
+            for e, medium in zip(plan.emptydirs, media, strict=True)
+        ]
         # A block rootfs is writable (its overlay): crun makes its own mount points.
         guest_mounts = None if block else plan.guest_spec.get("mounts") or []
-        self.share.apply_binds(plan.binds, local, guest_mounts)
+        self.share.apply_binds(plan.binds[1:] if block else plan.binds, local, guest_mounts)
         disks = ContainerDisks()
         try:
             if block is not None:
@@ -506,6 +534,8 @@ class Sandbox:
                         w.BlockDevice(d.serial, d.major, d.minor) for d in dev_plan.blocks
                     ],
                     guest_devices=dev_plan.guest_devices,
+                    volumes=guest_volumes,
+                    pod_exact=join is not None,
                 )
             )
         except BaseException:
@@ -544,7 +574,9 @@ class Sandbox:
         blockroot.check_mode("block", self.settings.machine)
         block = blockroot.plan(self.paths.dir / "disks", cid, self._disk_index)
         self._disk_index += 1
-        plan = replace(plan, binds=plan.binds[1:], guest_rootfs=block.guest_rootfs)
+        # The rootfs bind (binds[0]) stays in the plan for the volume planning that
+        # counts on it; it is not applied (create_container).
+        plan = replace(plan, guest_rootfs=block.guest_rootfs)
         return plan, block, dev_plan
 
     def _track(self, cid: str, exec_id: str) -> ProcessRecord:

@@ -92,9 +92,9 @@ def start(args: argparse.Namespace) -> int:
 
 
 def _start_shim(args: argparse.Namespace, bundle: Path, sock: Path) -> None:
-    from cocoon.cli.common import prepare_sandbox
     from cocoon.cli.output import Reporter
     from cocoon.service.launch import force_cleanup, spawn_ready
+    from cocoon.service.prepare import prepare_sandbox
 
     if _listening(sock):
         raise FailedPrecondition(f"a shim already serves {args.id!r} at {sock}")

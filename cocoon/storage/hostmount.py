@@ -35,6 +35,8 @@ from cocoon.errors import CocoonError, InvalidArgument
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
+SYS_OPENAT2 = 437
+RESOLVE_BENEATH = 0x08
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
@@ -68,6 +70,10 @@ class TreeRequest:
 
     path: str
     in_host: bool = True
+    # Resolve ``rest`` beneath this root, never following a symlink out of it
+    # (a kubelet volume, cocoon.storage.volumes); "" = open ``path`` as runc does.
+    beneath: str = ""
+    rest: str = ""
 
 
 def _check(rc: int, what: str) -> int:
@@ -88,6 +94,30 @@ def open_tree(path: str) -> int:
     """A detached recursive clone of the tree at ``path`` (an O_CLOEXEC fd)."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
     return _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags), f"clone {path}")
+
+
+def open_tree_beneath(root: str, rest: str) -> int:
+    """A detached clone of ``root/rest``, ``rest`` resolved beneath ``root``: a symlink
+    (or ``..``) that leads out of it fails with EXDEV, magic links with ELOOP."""
+    from cocoon.storage.mountpoints import RESOLVE_NO_MAGICLINKS, _OpenHow
+
+    rfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+        fd = _check(
+            _libc.syscall(SYS_OPENAT2, rfd, rest.encode(), ctypes.byref(how), 24), f"open {rest}"
+        )
+    finally:
+        os.close(rfd)
+    try:
+        flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH
+        return _check(_libc.syscall(SYS_OPEN_TREE, fd, b"", flags), f"clone {root}/{rest}")
+    finally:
+        os.close(fd)
+
+
+def _open_request(r: TreeRequest) -> int:
+    return open_tree_beneath(r.beneath, r.rest) if r.beneath else open_tree(r.path)
 
 
 def set_attrs(tree: int, readonly: bool, propagation: int) -> None:
@@ -122,9 +152,9 @@ def clone_trees(requests: Sequence[TreeRequest]) -> list[int]:
     try:
         for i, r in enumerate(requests):
             if i not in remote:
-                out[i] = _clone_or_explain(r.path)
+                out[i] = _clone_or_explain(r)
         if remote:
-            cloned = _clone_in_host([requests[i].path for i in remote])
+            cloned = _clone_in_host([requests[i] for i in remote])
             for i, tree in zip(remote, cloned, strict=True):
                 out[i] = tree
     except BaseException:
@@ -133,20 +163,25 @@ def clone_trees(requests: Sequence[TreeRequest]) -> list[int]:
     return [fd for fd in out if fd is not None]
 
 
-def _clone_or_explain(path: str) -> int:
+def _clone_or_explain(r: TreeRequest) -> int:
     try:
-        return open_tree(path)
+        return _open_request(r)
     except OSError as exc:
-        raise _bad_source(path, exc.errno or 0) from exc
+        raise _bad_source(r, exc.errno or 0) from exc
 
 
-def _bad_source(path: str, err: int) -> InvalidArgument:
+def _bad_source(r: TreeRequest, err: int) -> InvalidArgument:
+    path = r.path
     if err == errno.ENOENT:
         return InvalidArgument(f"bind source {path} does not exist")
+    if r.beneath and err in (errno.EXDEV, errno.ELOOP):
+        return InvalidArgument(
+            f"bind source {path}: a symlink in it leads out of its volume {r.beneath}"
+        )
     return InvalidArgument(f"bind source {path}: {os.strerror(err)}")
 
 
-def _clone_in_host(paths: list[str]) -> list[int]:
+def _clone_in_host(paths: list[TreeRequest]) -> list[int]:
     """Clone ``paths`` in the host's mount namespace (a forked child does it)."""
     assert _host_ns is not None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -160,7 +195,7 @@ def _clone_in_host(paths: list[str]) -> list[int]:
             errors: list[int] = []
             for p in paths:
                 try:
-                    fds.append(open_tree(p))
+                    fds.append(_open_request(p))
                     errors.append(0)
                 except OSError as exc:
                     errors.append(exc.errno or 1)
@@ -191,6 +226,16 @@ def _clone_in_host(paths: list[str]) -> list[int]:
             os.close(fd)
         raise CocoonError("the host namespace helper sent too few trees")
     return list(fds)
+
+
+TMPFS_MAGIC = 0x01021994
+
+
+def fs_type(fd: int) -> int:
+    """``f_type`` of the filesystem ``fd`` is on (fstatfs)."""
+    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is its first long
+    _check(_libc.fstatfs(fd, buf), "fstatfs")
+    return int(ctypes.c_long.from_buffer(buf).value)
 
 
 def close_all(fds: Sequence[int]) -> None:

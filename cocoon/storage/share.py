@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import stat
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 from cocoon.errors import InvalidArgument
 from cocoon.oci.guestcg import guest_resources
 from cocoon.oci.namespaces import host_nstype, plan_namespaces
-from cocoon.storage import hostmount, mounts
+from cocoon.storage import hostmount, mounts, volumes
 
 GUEST_SHARE = "/run/cocoon/shared"
 # Filesystems the guest kernel provides itself; they never cross the share.
@@ -47,6 +48,20 @@ class Bind:
     # Host mounts made later under a shared source reach the guest (runc's
     # default for binds); "rprivate"/"private" in the options stops that.
     propagate: bool = True
+    # A kubelet volume's source: resolved beneath this root (cocoon.storage.volumes).
+    beneath: str = ""
+    rest: str = ""
+
+
+@dataclass(frozen=True)
+class EmptyDir:
+    """A kubelet emptyDir, kept in the guest (a tmpfs there) instead of crossing the share."""
+
+    source: Path  # the kubelet's host directory (only probed: tmpfs or not)
+    guest_path: str
+    size: int = 0  # bytes (0: the guest tmpfs default)
+    # subPath directories (relative path → mode) the guest makes in it.
+    subdirs: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,7 @@ class ContainerShare:
     guest_rootfs: str
     guest_spec: dict[str, Any]
     pod_namespaces: list[str] = field(default_factory=list)  # joined from the pod's sandbox
+    emptydirs: list[EmptyDir] = field(default_factory=list)
 
 
 def _is_bind(m: dict[str, Any]) -> bool:
@@ -91,6 +107,8 @@ def plan_container(
     binds = [Bind(rootfs, f"{cid}/rootfs", readonly)]
     guest = copy.deepcopy(spec)
     out_mounts = []
+    emptydirs: list[EmptyDir] = []
+    annotations = spec.get("annotations") or {}
     for i, m in enumerate(guest.get("mounts") or []):
         if m.get("type") in GUEST_LOCAL_TYPES and not _is_bind(m):
             out_mounts.append(m)
@@ -107,8 +125,21 @@ def plan_container(
         source = Path(src)
         opts = m.get("options") or []
         ro = "ro" in opts
+        kind = volumes.classify(src)
+        if kind.kind == "emptydir":
+            try:
+                size = volumes.emptydir_size(annotations, kind.volume)
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"annotation {volumes.SIZE_ANNOTATION_PREFIX}{kind.volume}: {exc}"
+                ) from exc
+            ed = EmptyDir(source, volumes.guest_emptydir(src, kind.volume), size)
+            if ed not in emptydirs:
+                emptydirs.append(ed)
+            out_mounts.append({**m, "source": ed.guest_path, "type": "bind"})
+            continue
         rel = f"{cid}/{i}/{_share_name(source)}"
-        binds.append(Bind(source, rel, ro, _propagates(opts)))
+        binds.append(Bind(source, rel, ro, _propagates(opts), kind.beneath, kind.rest))
         out_mounts.append({**m, "source": f"{GUEST_SHARE}/{rel}", "type": "bind"})
     guest["mounts"] = out_mounts
     proc = guest.get("process") or {}
@@ -122,7 +153,42 @@ def plan_container(
     linux["namespaces"] = namespaces.guest
     if "resources" in linux:
         linux["resources"] = guest_resources(linux["resources"])[0]  # warned at create
-    return ContainerShare(binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins)
+    return ContainerShare(
+        binds, f"{GUEST_SHARE}/{cid}/rootfs", guest, namespaces.pod_joins, emptydirs
+    )
+
+
+def _find_dir(root: int, want: os.stat_result, depth: int = 8, budget: int = 4096) -> str | None:
+    """The path below the tree ``root`` of the directory ``want`` is (by device and inode),
+    searched breadth-first without following symlinks; None if not found in budget."""
+    queue: list[tuple[int, str]] = [(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=root), "")]
+    try:
+        while queue and budget > 0:
+            fd, rel = queue.pop(0)
+            try:
+                if (rel.count("/") + 1 if rel else 0) >= depth:
+                    continue  # its children would be deeper than ``depth`` components
+                dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    names = os.listdir(dfd)
+                finally:
+                    os.close(dfd)
+                for name in names:
+                    budget -= 1
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    sub = f"{rel}/{name}" if rel else name
+                    if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                        return sub
+                    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    queue.append((os.open(name, flags, dir_fd=fd), sub))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in queue:
+            os.close(fd)
+    return None
 
 
 class SharedDir:
@@ -163,7 +229,10 @@ class SharedDir:
         """
         for cid in {b.target.split("/")[0] for b in binds}:
             make_cocoon_dir(self.mounts_dir / cid)
-        requests = [hostmount.TreeRequest(str(b.source), b.source not in local) for b in binds]
+        requests = [
+            hostmount.TreeRequest(str(b.source), b.source not in local, b.beneath, b.rest)
+            for b in binds
+        ]
         trees = hostmount.clone_trees(requests)
         try:
             for b, tree in zip(binds, trees, strict=True):
@@ -185,6 +254,71 @@ class SharedDir:
                         with contextlib.suppress(OSError):
                             mounts.umount(str(self.mounts_dir / done.target))
                     raise InvalidArgument(f"cannot attach {b.source}: {exc.strerror}") from exc
+        finally:
+            hostmount.close_all(trees)
+
+    @staticmethod
+    def emptydir_subpaths(plan: ContainerShare, annotations: dict[str, Any]) -> ContainerShare:
+        """``plan`` with each kubelet subPath of an emptyDir served from the guest copy.
+
+        The kubelet hands a subPath over as its own bind of the subdirectory it made in
+        the host emptyDir (``volume-subpaths/<name>/...``); served from the host it would
+        not see what the pod's other containers write in the guest. The subdirectory is
+        found by its inode in the host emptyDir (which holds nothing but the kubelet's
+        subPath directories: the data is in the guest), then made in the guest copy.
+        """
+        found: dict[int, tuple[Path, str, str, int]] = {}
+        for i, b in enumerate(plan.binds[1:], 1):
+            ed = volumes.emptydir_of_subpath(str(b.source))
+            if ed is None:
+                continue
+            try:
+                trees = hostmount.clone_trees(
+                    [
+                        hostmount.TreeRequest(str(b.source), True, b.beneath, b.rest),
+                        hostmount.TreeRequest(ed[0]),
+                    ]
+                )
+            except InvalidArgument:
+                continue  # no emptyDir of that name: another kind of volume
+            try:
+                rel = _find_dir(trees[1], os.fstat(trees[0]))
+                mode = stat.S_IMODE(os.fstat(trees[0]).st_mode)
+            finally:
+                hostmount.close_all(trees)
+            if rel is not None:
+                found[i] = (Path(ed[0]), ed[1], rel, mode)
+        if not found:
+            return plan
+        binds = [b for i, b in enumerate(plan.binds) if i not in found]
+        emptydirs = {e.guest_path: e for e in plan.emptydirs}
+        spec = copy.deepcopy(plan.guest_spec)
+        for i, (source, name, rel, mode) in found.items():
+            guest = volumes.guest_emptydir(str(source), name)
+            old = emptydirs.get(guest) or EmptyDir(
+                source, guest, volumes.emptydir_size(annotations, name)
+            )
+            emptydirs[guest] = dataclasses.replace(old, subdirs=(*old.subdirs, (rel, mode)))
+            shared = f"{GUEST_SHARE}/{plan.binds[i].target}"
+            for m in spec.get("mounts") or []:
+                if m.get("source") == shared:
+                    m["source"] = f"{guest}/{rel}"
+        return dataclasses.replace(
+            plan, binds=binds, guest_spec=spec, emptydirs=list(emptydirs.values())
+        )
+
+    @staticmethod
+    def probe_emptydirs(emptydirs: list[EmptyDir]) -> list[str]:
+        """Each emptyDir's medium as the kubelet made it: "memory" if its host source is
+        a tmpfs mount (``medium: Memory``), else "disk". Raises InvalidArgument naming a
+        source that does not exist (as for a bind)."""
+        if not emptydirs:
+            return []
+        trees = hostmount.clone_trees([hostmount.TreeRequest(str(e.source)) for e in emptydirs])
+        try:
+            return [
+                "memory" if hostmount.fs_type(t) == hostmount.TMPFS_MAGIC else "disk" for t in trees
+            ]
         finally:
             hostmount.close_all(trees)
 

@@ -93,6 +93,18 @@ class BlockDevice:
 
 
 @dataclass
+class GuestVolume:
+    """A volume kept in the guest (a kubelet emptyDir): a tmpfs at ``path``, made by the
+    first container of the pod that mounts it and shared by the others."""
+
+    path: str  # under /run/cocoon/emptydir/
+    size: int = 0  # bytes; 0: the tmpfs default (half the guest's RAM)
+    medium: str = "disk"  # "disk" | "memory": what the kubelet made on the host
+    # subPath directories to make in it (relative path → mode), as the kubelet made them.
+    subdirs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class CreateContainerRequest:
     container_id: str
     spec: dict[str, Any]  # the OCI config.json; the agent rewrites root.path
@@ -107,6 +119,11 @@ class CreateContainerRequest:
     block_devices: list[BlockDevice] = field(default_factory=list)
     # A privileged container: every guest device (never the host's) in its /dev.
     guest_devices: bool = False
+    # Guest-side volumes the spec's mounts take their sources from.
+    volumes: list[GuestVolume] = field(default_factory=list)
+    # Join exactly pod_namespaces (a container of another CLI invocation in this VM:
+    # docker's --ipc container:A), not the pod's IPC and UTS ones besides.
+    pod_exact: bool = False
 
 
 @dataclass

@@ -123,6 +123,8 @@ class AttachNetworkRequest:
 
 METHODS: dict[str, tuple[type, type]] = {
     "Create": (CreateRequest, CreateResponse),
+    # A container of another CLI invocation into this sandbox (cocoon.service.membership).
+    "Join": (CreateRequest, CreateResponse),
     "Start": (ContainerRef, Empty),
     "State": (ContainerRef, ContainerStatus),
     "Kill": (KillRequest, Empty),

@@ -103,7 +103,7 @@ def test_guest_plants_nothing_the_host_would_honour(env: Env, fs: str) -> None:
     assert "755 0 regular file" in out, out  # chmod 6755 was refused: no set-id bits
     for top in (b / "rootfs", rw):
         found = _special_files(top) - before
-        # Not closed (docs/security-share.md): guest owners pass through, as with runc.
+        # Not closed (docs/security.md): guest owners pass through, as with runc.
         assert found == {f"{top}/owned: owner 4242:4242"}, found
         # What the container wrote stays usable by the engine.
         assert (top / "data").read_text() == "data\n"

@@ -164,10 +164,18 @@ def test_container_in_vm_owns_the_pod_ip(env: Env, pod: Pod) -> None:
         # The container reaches a server in the node namespace.
         r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
         assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
-        # A second VM cannot take the same interface; the first keeps its network.
+        # A second VM never takes the same interface: a container naming this namespace
+        # joins n1's VM (create/start; a foreground run is refused); n1 keeps its network.
         r = env.run("run", "--bundle", str(bundle), "n2")
-        assert r.returncode == 1 and b"already carries another Cocoon VM" in r.stderr, r.stderr
+        assert r.returncode == 1 and b"names a running Cocoon sandbox" in r.stderr, r.stderr
         assert pod.traces() == during
+        other = env.bundle(["/bin/sleep", "600"])
+        write_spec(other, [{"type": "network", "path": pod.path}])
+        assert env.run("run", "-d", "--bundle", str(other), "n2", capture=False).returncode == 0
+        r = env.run("exec", "n2", "ip", "addr", "show", "eth0")  # the pod IP is its too
+        assert f"inet {POD_IP}/24" in r.stdout.decode(), r
+        assert pod.traces() == during
+        assert env.run("delete", "--force", "n2").returncode == 0
         r = env.run("exec", "n1", "nc", "-w", "10", PEER_IP, "8008")
         assert r.stdout.decode().strip() == "from-peer", r.stderr.decode()
         assert env.run("kill", "n1", "KILL").returncode == 0
@@ -202,11 +210,19 @@ def test_another_containers_namespace_is_not_stolen(env: Env, pod: Pod) -> None:
         while in_ns(pod.pod, "true").returncode != 0 or not _lives_in(other.pid, pod.path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        ping = ("/bin/busybox", "ping", "-c", "1", "-W", "10", POD_IP)
+        assert in_ns(pod.peer, *ping, check=False).returncode == 0
         bundle = env.bundle(["/bin/true"])
-        write_spec(bundle, [{"type": "network", "path": pod.path}])
-        r = env.run("run", "--bundle", str(bundle), "st1")
-        err = r.stderr.decode()
-        assert r.returncode == 1 and "belongs to another container" in err, err
+        # The namespace file, and the process's path (what --network container:X gives).
+        for path in (pod.path, f"/proc/{other.pid}/ns/net"):
+            write_spec(bundle, [{"type": "network", "path": path}])
+            for verb in (["run"], ["run", "-d"]):
+                r = env.run(*verb, "--bundle", str(bundle), "st1")
+                err = r.stderr.decode()
+                assert r.returncode == 1 and "belongs to another container" in err, err
+                assert "run that container with Cocoon too" in err, err
+        # Untouched: it still answers on its own network.
+        assert in_ns(pod.peer, *ping, check=False).returncode == 0
     finally:
         other.kill()
         other.wait()

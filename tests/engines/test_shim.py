@@ -739,10 +739,26 @@ def test_pod_container_with_its_own_pid_namespace(cri_pod: Callable[..., Pod]) -
     assert code == 0 and out.startswith("sleep\x00100000"), out
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shareProcessNamespace", "own"])
+def test_pod_siblings_see_each_others_processes_only_when_shared(
+    cri_pod: Callable[..., Pod], shared: bool
+) -> None:
+    """Kubernetes' shareProcessNamespace: one PID namespace for the pod in the guest, so
+    a container sees (and may signal) its sibling's processes; without it, it does not."""
+    from tests.engines.cri.client import cri
+
+    pod = cri_pod(pid=cri.POD if shared else cri.CONTAINER)
+    pod.run("first", ["sleep", "100001"])
+    second = pod.run("second", ["sleep", "100002"])
+    code, out = pod.exec_sync(second, ["ps", "-o", "args"])
+    assert code == 0 and "sleep 100002" in out, out
+    assert ("sleep 100001" in out) == shared, out
+
+
 @pytest.mark.parametrize(
     ("ns", "needle"),
     [
-        ("ipc:/proc/self/ns/ipc", "not supported yet"),
+        ("ipc:/proc/self/ns/ipc", "not Cocoon's"),
         ("uts:/proc/self/ns/ipc", "is an ipc namespace, not uts"),
     ],
     ids=["host-namespace", "wrong-type"],

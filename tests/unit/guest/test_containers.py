@@ -56,3 +56,16 @@ def test_console_sockets_are_short_whatever_the_ids() -> None:
     paths = {mgr._console_path() for _ in range(1000)}
     assert len(paths) == 1000
     assert all(p.startswith(CONSOLES + "/") and len(p.encode()) < 108 for p in paths)
+
+
+def test_an_exact_join_takes_only_the_named_namespaces() -> None:
+    """docker's --network container:A: A's network is the VM's; its IPC and UTS stay
+    the joiner's own unless named too (then only those)."""
+    mgr = _manager_with_sandbox(42, State.RUNNING)
+    spec = {"linux": {"namespaces": [{"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}}
+    out = mgr._join_pod(spec, "pod", [], exact=True)["linux"]["namespaces"]
+    assert out == spec["linux"]["namespaces"]
+    out = mgr._join_pod(spec, "pod", ["pid", "uts"], exact=True)["linux"]["namespaces"]
+    assert {"type": "ipc"} in out and {"type": "network"} in out
+    assert {"type": "uts", "path": "/proc/42/ns/uts"} in out
+    assert {"type": "pid", "path": "/proc/42/ns/pid"} in out

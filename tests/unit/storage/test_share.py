@@ -56,7 +56,7 @@ def test_host_namespace_paths_are_refused_pod_ones_joined(tmp_path: Path) -> Non
         {"type": "ipc", "path": "/proc/7/ns/ipc"},
     ]
     kinds = {"/proc/7/ns/pid": "pid", "/proc/7/ns/ipc": "ipc"}.__getitem__
-    with pytest.raises(InvalidArgument, match="not supported yet"):
+    with pytest.raises(InvalidArgument, match="not Cocoon's"):
         plan_container("c", spec, tmp_path, False, nstype=kinds)
     plan = plan_container("c", spec, tmp_path, False, frozenset({7}), kinds)
     assert plan.guest_spec["linux"]["namespaces"] == []
@@ -114,14 +114,21 @@ def test_named_bind_dirs_are_traversable_for_a_mapped_root(
 
     from cocoon.storage import share
 
-    monkeypatch.setattr(share.mounts, "bind", lambda *a, **k: None)
+    # Stand in for the host-namespace clone: real mounts have no place in a unit test.
+    monkeypatch.setattr(
+        share.hostmount,
+        "clone_trees",
+        lambda reqs: [os.open(r.path, os.O_RDONLY | os.O_DIRECTORY) for r in reqs],
+    )
+    monkeypatch.setattr(share.hostmount, "set_attrs", lambda *a, **k: None)
+    monkeypatch.setattr(share.hostmount, "attach", lambda *a, **k: None)
     vol = tmp_path / "vol"
     vol.mkdir()
     shared = share.SharedDir(tmp_path)
     shared.mounts_dir.mkdir()
     old = os.umask(0o077)
     try:
-        shared.apply_binds([share.Bind(vol, "c/0/vol", False, True)])
+        shared.apply_binds([share.Bind(vol, "c/0/vol", False)])
     finally:
         os.umask(old)
     for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
