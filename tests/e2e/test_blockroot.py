@@ -155,3 +155,23 @@ def test_privileged_container_sees_the_guests_devices_not_the_hosts(env: Env) ->
     host_disks = {ln.split()[-1]: ln.split()[2] for ln in host_parts.splitlines()[2:] if ln}
     guest_disks = {ln.split()[-1]: ln.split()[2] for ln in parts.splitlines()[2:] if ln}
     assert not set(host_disks.items()) & set(guest_disks.items()), (host_disks, guest_disks)
+
+
+def test_block_rootfs_with_a_volume_on_a_new_mount_point(env: Env) -> None:
+    """A read-only block rootfs still takes a bind volume where the image has no
+    directory: crun makes the mount point on the guest's overlay, not the host."""
+    vol = env.work / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("from the host\n")
+    b = env.bundle(["/bin/sh", "-c", "cat /data/new/f; echo back > /data/new/g"])
+    spec = json.loads((b / "config.json").read_text())
+    spec["root"]["readonly"] = True
+    spec["mounts"].append(
+        {"destination": "/data/new", "type": "bind", "source": str(vol), "options": ["rbind"]}
+    )
+    (b / "config.json").write_text(json.dumps(spec))
+    r = env.run("run", "--bundle", str(b), "cv", env=BLOCK)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"from the host\n"
+    assert (vol / "g").read_text() == "back\n"
+    assert not (b / "rootfs" / "data").exists()  # no mount point made in the bundle
