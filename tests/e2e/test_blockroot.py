@@ -175,3 +175,31 @@ def test_block_rootfs_with_a_volume_on_a_new_mount_point(env: Env) -> None:
     assert r.stdout == b"from the host\n"
     assert (vol / "g").read_text() == "back\n"
     assert not (b / "rootfs" / "data").exists()  # no mount point made in the bundle
+
+
+def test_a_deleted_containers_disks_leave_the_vm(env: Env) -> None:
+    """Two containers in one VM (the second joins the first's namespaces): the
+    second's image and scratch disk are unplugged and removed at its delete."""
+    from tests.e2e.test_cli import wait_status
+    from tests.e2e.test_join import _joiner_bundle
+
+    owner = env.bundle(["/bin/sleep", "600"])
+    r = env.run("run", "-d", "--bundle", str(owner), "a", env=BLOCK, capture=False)
+    assert r.returncode == 0
+    try:
+        apid = int(wait_status(env, "a", "running")["pid"])  # type: ignore[call-overload]
+        disks = env.root / "a" / "disks"
+        b = _joiner_bundle(env, ["/bin/sleep", "600"], apid)
+        r = env.run("run", "-d", "--bundle", str(b), "j", env=BLOCK, capture=False)
+        assert r.returncode == 0, (env.work / "out.log").read_text()
+        wait_status(env, "j", "running")
+        r = env.run("exec", "j", "/bin/ls", "/sys/block")
+        assert r.stdout.decode().split() == ["vda", "vdb", "vdc", "vdd", "vde"], r.stdout
+        assert len(list(disks.iterdir())) == 4
+        assert env.run("delete", "--force", "j").returncode == 0
+        assert sorted(p.name for p in disks.iterdir()) == ["0.erofs", "0.scratch"]
+        r = env.run("exec", "a", "/bin/ls", "/sys/block")
+        assert r.stdout.decode().split() == ["vda", "vdb", "vdc"], r.stdout
+    finally:
+        env.run("delete", "--force", "j")
+        assert env.run("delete", "--force", "a").returncode == 0
