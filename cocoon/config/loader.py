@@ -44,6 +44,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "COCOON_VCPUS": ("hypervisor.qemu", "default_vcpus"),
     "COCOON_MEMORY_MIB": ("hypervisor.qemu", "default_memory"),
     "COCOON_SHARED_FS": ("hypervisor.qemu", "shared_fs"),
+    "COCOON_ROOTFS_MODE": ("runtime", "rootfs_mode"),
     "COCOON_AGENT_TIMEOUT": ("agent", "dial_timeout"),
     "COCOON_ENABLE_TEMPLATE": ("factory", "enable_template"),
     "COCOON_TEMPLATE_PATH": ("factory", "template_path"),

@@ -309,6 +309,14 @@ class RuntimeConfig:
             _choice("tcfilter", "none"), "How the VM's tap is joined to the pod network."
         ),
     )
+    rootfs_mode: str = field(
+        default="share",
+        metadata=_meta(
+            _choice("share", "block"),
+            "How a container's rootfs reaches the guest: the host-dir share, or a read-only "
+            "image on virtio-blk with the writes on a guest-formatted scratch disk.",
+        ),
+    )
     enable_debug: bool = field(default=False, metadata=_meta(BOOL, "Debug logging in the runtime."))
     host_overhead_memory: int = field(
         default=384,

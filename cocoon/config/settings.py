@@ -31,6 +31,8 @@ class Settings:
     # private clones, measured), and it needs no extra host process.
     shared_fs: str = "9p"
     virtiofsd: str = "/usr/lib/qemu/virtiofsd"
+    # "block": container rootfs as an erofs image + scratch disk (cocoon.storage.blockroot).
+    rootfs_mode: str = "share"
     agent_timeout: float = 60.0
     # Host memory the VMM needs beyond guest RAM (TCG's code buffer is most of
     # it: ~100 MB measured per VM, plus QEMU itself), added to the host
@@ -82,6 +84,7 @@ def resolve(config: Config, size: SandboxSize) -> Settings:
         memory_mib=size.memory_mib,
         shared_fs="virtiofs" if hv.shared_fs == "virtio-fs" else "9p",
         virtiofsd=hv.virtio_fs_daemon,
+        rootfs_mode=config.runtime.rootfs_mode,
         agent_timeout=config.agent.dial_timeout,
         host_overhead_mib=config.runtime.host_overhead_memory,
         kernel_params=hv.kernel_params,

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.guest import network
+from cocoon.guest import disks, network
 from cocoon.guest.reaper import Reaper
 from cocoon.ttrpc.status import Code, RPCError
 
@@ -175,11 +175,43 @@ class ContainerManager:
         pod_sandbox: str = "",
         pod_namespaces: list[str] | tuple[str, ...] = (),
         pod_exact: bool = False,
+        block_rootfs: tuple[str, str] | None = None,
+        block_devices: dict[str, tuple[int, int]] | None = None,
+        guest_devices: bool = False,
     ) -> None:
+        """``block_rootfs``: the (image, scratch) disk serials the rootfs is made of;
+        ``block_devices``: serial → host major:minor of each host block device;
+        ``guest_devices``: a privileged container gets every guest device."""
         if cid in self.containers:
             raise _error(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
         if pod_sandbox:
             spec = self._join_pod(spec, pod_sandbox, pod_namespaces, pod_exact)
+        if block_devices or guest_devices:
+            spec = await self._guest_devices(spec, block_devices or {}, guest_devices)
+        if block_rootfs is not None:
+            rootfs = await disks.mount_block_rootfs(self.reaper, cid, *block_rootfs)
+        try:
+            await self._create(cid, spec, rootfs, stdin, terminal)
+        except BaseException:
+            if block_rootfs is not None:
+                disks.unmount_block_rootfs(cid)
+            raise
+
+    @staticmethod
+    async def _guest_devices(
+        spec: dict[str, Any], blocks: dict[str, tuple[int, int]], every: bool
+    ) -> dict[str, Any]:
+        numbers = {}
+        for serial, host in blocks.items():
+            numbers[host] = disks.dev_numbers(await disks.wait_disk(serial))
+        linux = disks.renumber(spec.get("linux") or {}, numbers)
+        if every:
+            linux["devices"] = [*(linux.get("devices") or []), *disks.guest_devices()]
+        return {**spec, "linux": linux}
+
+    async def _create(
+        self, cid: str, spec: dict[str, Any], rootfs: str, stdin: bool, terminal: bool
+    ) -> None:
         if not os.path.isdir(rootfs):
             raise _error(Code.INVALID_ARGUMENT, f"rootfs {rootfs} is not a directory in the guest")
         bundle = os.path.join(BUNDLES, cid)
@@ -506,6 +538,7 @@ class ContainerManager:
         for proc in (ctr.init, *ctr.execs.values()):
             proc.close_fds()
         shutil.rmtree(ctr.bundle, ignore_errors=True)
+        disks.unmount_block_rootfs(cid)  # the host unplugs its disks next
         del self.containers[cid]
 
     async def remove_all(self) -> None:

@@ -129,6 +129,13 @@ class AgentService:
             req.pod_sandbox,
             req.pod_namespaces,
             req.pod_exact,
+            block_rootfs=(
+                (req.block_rootfs.image_serial, req.block_rootfs.scratch_serial)
+                if req.block_rootfs is not None
+                else None
+            ),
+            block_devices={d.serial: (d.host_major, d.host_minor) for d in req.block_devices},
+            guest_devices=req.guest_devices,
         )
         return w.Empty()
 

@@ -207,6 +207,70 @@ class QemuVM:
                 await self.execute("netdev_del", {"id": netdev_id})
             raise
 
+    # -- disks -------------------------------------------------------------------
+    async def hotplug_disk(
+        self, node: str, serial: str, fd: int, readonly: bool, device: bool = False
+    ) -> int:
+        """Hot-plug a virtio-blk-pci disk on ``fd`` (added to an fdset over QMP: QEMU is
+        chrooted and opens ``/dev/fdset/N``, never a path); return the fdset id.
+        ``device``: ``fd`` is a host block device, not a file."""
+        if self.state != VMState.RUNNING or self.qmp is None:
+            raise Unavailable(f"VM is {self.state.value}")
+        try:
+            self.qmp.send_fd_scm(fd)
+        except Exception as exc:
+            raise CocoonError(f"cannot pass disk {node} to QEMU", exc) from exc
+        added = await self.execute("add-fd", {"opaque": node})
+        fdset = int(added["fdset-id"])
+        try:
+            await self.execute(
+                "blockdev-add",
+                {
+                    "driver": "raw",
+                    "node-name": node,
+                    "read-only": readonly,
+                    "file": {
+                        "driver": "host_device" if device else "file",
+                        "filename": f"/dev/fdset/{fdset}",
+                        "locking": "off",
+                    },
+                },
+            )
+        except CocoonError:
+            with contextlib.suppress(CocoonError):
+                await self.execute("remove-fd", {"fdset-id": fdset})
+            raise
+        try:
+            await self.device_add("virtio-blk-pci", node, drive=node, serial=serial)
+        except CocoonError:
+            with contextlib.suppress(CocoonError):
+                await self.execute("blockdev-del", {"node-name": node})
+            with contextlib.suppress(CocoonError):
+                await self.execute("remove-fd", {"fdset-id": fdset})
+            raise
+        return fdset
+
+    async def unplug_disk(self, node: str, fdset: int, timeout: float = 5.0) -> None:
+        """Remove a disk (the guest must have let go of it); best effort, logged."""
+        if self.state != VMState.RUNNING:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await self.execute("device_del", {"id": node})
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:  # the guest acknowledges the unplug (ACPI)
+                try:
+                    await self.execute(
+                        "qom-get", {"path": f"/machine/peripheral/{node}", "property": "type"}
+                    )
+                except Unavailable:
+                    break
+                await asyncio.sleep(0.05)
+            await self.execute("blockdev-del", {"node-name": node})
+            await self.execute("remove-fd", {"fdset-id": fdset})
+        except CocoonError as exc:
+            log.warning("unplugging disk %s: %s", node, exc)
+
     # -- templates ---------------------------------------------------------------
     async def _ignore_shared_ram(self) -> None:
         """Leave file-backed RAM out of the migration stream: it is the template file."""

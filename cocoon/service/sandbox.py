@@ -46,9 +46,12 @@ from cocoon.resources.sizing import (
     updated_workload,
 )
 from cocoon.service import persist
+from cocoon.service.disks import ContainerDisks
 from cocoon.service.membership import JoinPlan
 from cocoon.service.stdio import Relays
-from cocoon.storage.share import GUEST_SHARE, SharedDir, plan_container
+from cocoon.storage.blockroot import BlockRootfs
+from cocoon.storage.devices import DevicePlan
+from cocoon.storage.share import GUEST_SHARE, ContainerShare, SharedDir, plan_container
 from cocoon.storage.virtiofsd import Virtiofsd
 from cocoon.wire import agent as w
 
@@ -113,6 +116,7 @@ class ContainerRecord:
     terminal: bool = False
     workload: Workload = field(default_factory=Workload)  # what dynamic sizing counts
     resources: dict[str, Any] = field(default_factory=dict)  # linux.resources, as updated
+    disks: ContainerDisks = field(default_factory=ContainerDisks)  # its virtio-blk disks
 
 
 class Sandbox:
@@ -146,6 +150,7 @@ class Sandbox:
         self.memory_mib = settings.memory_mib
         self._dimms = 0
         self._resize_lock = asyncio.Lock()
+        self._disk_index = 0  # names the containers' virtio-blk disks (their serials)
         # The pod network namespace the VM carries ("" = loopback only). Set by
         # the creator before the boot: the CLI's service daemon from state.json
         # (resolved from the bundle's spec at create, cocoon.network.netns).
@@ -493,7 +498,9 @@ class Sandbox:
             pod_sandbox = join.target
             if join.new_network:  # its own, loopback only (docker's --network none)
                 plan.guest_spec["linux"]["namespaces"].append({"type": "network"})
+        plan, block, dev_plan = self._plan_disks(cid, plan)
         agent = await self.ready()
+        assert self.vm is not None
         workload = container_workload(bundle.spec)
         await self.grow_to([*self._workloads(), workload])
         local = frozenset({bundle.rootfs}) if local_rootfs else frozenset()
@@ -503,8 +510,18 @@ class Sandbox:
             w.GuestVolume(e.guest_path, e.size, medium, dict(e.subdirs))
             for e, medium in zip(plan.emptydirs, media, strict=True)
         ]
-        self.share.apply_binds(plan.binds, local, plan.guest_spec.get("mounts") or [])
+        # A block rootfs is writable (its overlay): crun makes its own mount points.
+        guest_mounts = None if block else plan.guest_spec.get("mounts") or []
+        self.share.apply_binds(plan.binds[1:] if block else plan.binds, local, guest_mounts)
+        disks = ContainerDisks()
         try:
+            if block is not None:
+                await disks.build_rootfs(block, bundle.rootfs, local_rootfs)
+                self._mark("rootfs_image_built")
+                await disks.plug(self.vm, block.image)
+                await disks.plug(self.vm, block.scratch)
+            for dev in dev_plan.blocks:
+                await disks.plug(self.vm, dev)
             await agent.create_container(
                 w.CreateContainerRequest(
                     container_id=cid,
@@ -514,11 +531,19 @@ class Sandbox:
                     terminal=bundle.terminal,
                     pod_sandbox=pod_sandbox,
                     pod_namespaces=plan.pod_namespaces,
+                    block_rootfs=(
+                        w.BlockRootfs(block.image.serial, block.scratch.serial) if block else None
+                    ),
+                    block_devices=[
+                        w.BlockDevice(d.serial, d.major, d.minor) for d in dev_plan.blocks
+                    ],
+                    guest_devices=dev_plan.guest_devices,
                     volumes=guest_volumes,
                     pod_exact=join is not None,
                 )
             )
         except BaseException:
+            await disks.remove(self.vm)
             self.share.remove_binds(cid)
             raise
         self._mark("container_created")
@@ -529,9 +554,34 @@ class Sandbox:
             terminal=bundle.terminal,
             workload=workload,
             resources=dict((bundle.spec.get("linux") or {}).get("resources") or {}),
+            disks=disks,
         )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
+
+    def _plan_disks(
+        self, cid: str, plan: ContainerShare
+    ) -> tuple[ContainerShare, BlockRootfs | None, DevicePlan]:
+        """The container's virtio-blk disks: host block devices of ``linux.devices``,
+        and the rootfs image in block mode (then the rootfs is not shared)."""
+        from cocoon.storage import blockroot, devices
+
+        linux = plan.guest_spec.get("linux") or {}
+        nodes = devices.host_dev_nodes() if linux.get("devices") else set()
+        dev_plan = devices.plan(plan.guest_spec, self._disk_index, nodes, devices.host_block_path)
+        self._disk_index += len(dev_plan.blocks)
+        plan = replace(plan, guest_spec={**plan.guest_spec, "linux": dev_plan.linux})
+        if dev_plan.blocks:
+            log.info("%s: host block devices %s", cid, devices.describe(dev_plan.blocks))
+        if self.settings.rootfs_mode != "block":
+            return plan, None, dev_plan
+        blockroot.check_mode("block", self.settings.machine)
+        block = blockroot.plan(self.paths.dir / "disks", cid, self._disk_index)
+        self._disk_index += 1
+        # The rootfs bind (binds[0]) stays in the plan for the volume planning that
+        # counts on it; it is not applied (create_container).
+        plan = replace(plan, guest_rootfs=block.guest_rootfs)
+        return plan, block, dev_plan
 
     def _track(self, cid: str, exec_id: str) -> ProcessRecord:
         loop = asyncio.get_running_loop()
@@ -815,6 +865,8 @@ class Sandbox:
                     await asyncio.wait_for(asyncio.shield(ctr.init.exit), 10)
             with contextlib.suppress(CocoonError):
                 await self.agent.remove_container(cid)
+        live = self.vm if self.state == SandboxState.READY else None
+        await ctr.disks.remove(live)
         self.share.remove_binds(cid)
         del self.containers[cid]
 
@@ -841,6 +893,8 @@ class Sandbox:
             await self.agent.close()
         if self.fsd is not None:
             await self.fsd.stop()
+        for ctr in self.containers.values():
+            await ctr.disks.remove(None)  # QEMU is gone: only the files
         if self.network is not None:
             await self.network.teardown()  # after QEMU: it held the taps
         self.state = SandboxState.STOPPED

@@ -74,6 +74,25 @@ class AdjustClockRequest:
 
 
 @dataclass
+class BlockRootfs:
+    """The rootfs as virtio-blk disks (cocoon.storage.blockroot): the agent mounts the
+    read-only image and an overlay upper on the scratch disk, which it formats."""
+
+    image_serial: str
+    scratch_serial: str
+
+
+@dataclass
+class BlockDevice:
+    """A host block device hot-plugged for the container: the spec's entries (and
+    cgroup rules) with the host's numbers get the guest disk's."""
+
+    serial: str
+    host_major: int
+    host_minor: int
+
+
+@dataclass
 class GuestVolume:
     """A volume kept in the guest (a kubelet emptyDir): a tmpfs at ``path``, made by the
     first container of the pod that mounts it and shared by the others."""
@@ -96,6 +115,10 @@ class CreateContainerRequest:
     pod_sandbox: str = ""
     # More of pod_sandbox's namespaces to join, by OCI type ("pid": the pod shares it).
     pod_namespaces: list[str] = field(default_factory=list)
+    block_rootfs: BlockRootfs | None = None
+    block_devices: list[BlockDevice] = field(default_factory=list)
+    # A privileged container: every guest device (never the host's) in its /dev.
+    guest_devices: bool = False
     # Guest-side volumes the spec's mounts take their sources from.
     volumes: list[GuestVolume] = field(default_factory=list)
     # Join exactly pod_namespaces (a container of another CLI invocation in this VM:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.engines.conftest import Dockerd, check, describe, wait_for
 
 IMG = "localhost/busybox:latest"
@@ -98,3 +100,29 @@ def test_pause_top(dockerd: Dockerd, runtime: str, cname: Callable[[], str]) -> 
     p = check(dockerd("exec", name, "echo", "alive"))
     assert p.stdout.strip() == "alive", describe(p)
     check(dockerd("rm", "-f", name))
+
+
+def test_privileged_sees_the_guests_devices_not_the_hosts(
+    dockerd: Dockerd, runtime: str, cname: Callable[[], str]
+) -> None:
+    """``docker run --privileged`` lists every host /dev node: a VM gives the guest's."""
+    import os
+    from pathlib import Path
+
+    from tests.engines.conftest import COCOON
+
+    rt = dockerd.runtime_name(runtime)
+    script = "ls /dev; echo ==; cat /proc/partitions"
+    p = dockerd("run", "--rm", "--privileged", "--runtime", rt, *NONET, IMG, "sh", "-c", script)
+    if runtime != COCOON and "unable to apply caps" in p.stderr:
+        # docker 20.10 asks for capabilities this host's runc cannot set.
+        pytest.skip(f"runc here: {p.stderr.strip()}")
+    check(p)
+    devs, _, parts = p.stdout.partition("==\n")
+    names = set(devs.split())
+    host_only = {"kvm", "zram0", "vsock", "sda", "nvme0"} & set(os.listdir("/dev"))
+    if runtime == COCOON:
+        assert host_only and not names & host_only, describe(p)
+        assert "vda" in names and parts.strip() != Path("/proc/partitions").read_text().strip()
+    else:
+        assert host_only <= names, describe(p)

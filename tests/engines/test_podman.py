@@ -146,3 +146,62 @@ def test_uidmap_container_runs_with_the_image_owned_by_its_root(
     owners = [(f[2], f[3], f[-1]) for f in (ln.split() for ln in lines[3:5])]
     assert owners == [("0", "0", "bin"), ("0", "0", "etc")], describe(p)
     assert lines[5] == "written", describe(p)
+
+
+def test_privileged_sees_the_guests_devices_not_the_hosts(
+    podman: Podman, runtime: str, cname: Callable[[], str]
+) -> None:
+    """``--privileged`` lists every host /dev node in the spec: in a VM the container
+    gets the guest's devices instead (Kata's privileged_without_host_devices)."""
+    import os
+    from pathlib import Path
+
+    from tests.engines.conftest import COCOON
+
+    script = "ls /dev; echo ==; cat /proc/partitions"
+    p = check(
+        podman("run", "--rm", "--privileged", *NONET, IMG, "sh", "-c", script, runtime=runtime)
+    )
+    devs, _, parts = p.stdout.partition("==\n")
+    names = set(devs.split())
+    host_only = {"kvm", "zram0", "vsock", "sda", "nvme0"} & set(os.listdir("/dev"))
+    host_parts = Path("/proc/partitions").read_text()
+    if runtime == COCOON:
+        assert host_only and not names & host_only, describe(p)
+        assert "vda" in names and parts.strip() != host_parts.strip(), describe(p)
+    else:  # runc: the host's own devices
+        assert host_only <= names, describe(p)
+
+
+def test_device_loop_is_written_through(
+    podman: Podman, runtime: str, cname: Callable[[], str], tmp_path: object
+) -> None:
+    """``--device /dev/loopN:/dev/xdisk``: the container writes the host's block device."""
+    import subprocess
+    from pathlib import Path
+
+    backing = Path(str(tmp_path)) / "disk.img"
+    backing.write_bytes(b"\0" * (4 << 20))
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        script = "echo via-device | dd of=/dev/xdisk conv=sync 2>/dev/null; head -c 10 /dev/xdisk"
+        p = check(
+            podman(
+                "run",
+                "--rm",
+                *NONET,
+                "--device",
+                f"{loop}:/dev/xdisk",
+                IMG,
+                "sh",
+                "-c",
+                script,
+                runtime=runtime,
+            )
+        )
+        assert p.stdout.startswith("via-device"), describe(p)
+        assert backing.read_bytes()[:11] == b"via-device\n"
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)

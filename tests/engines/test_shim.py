@@ -897,3 +897,21 @@ def test_pod_member_sees_a_bind_source_mounted_after_the_pod_started(
         client.close()
         for m in mounted:
             subprocess.run(["umount", str(m)], check=False)
+
+
+def test_block_rootfs_by_annotation_through_the_shim(
+    shim_containerd: ShimContainerd, cid: str
+) -> None:
+    """``io.cocoon.config.runtime.rootfs_mode=block`` on a ctr run: the shim's own
+    overlay rootfs becomes the guest's erofs image + scratch overlay."""
+    script = "echo w > /written && cat /written && grep ' / ' /proc/mounts"
+    p = shim_containerd.ctr(
+        "run", "--rm", "--runtime", RT,
+        "--annotation", "io.cocoon.config.runtime.rootfs_mode=block",
+        IMG, cid, "sh", "-c", script,
+    )  # fmt: skip
+    assert p.returncode == 0, describe(p)
+    lines = p.stdout.splitlines()
+    assert lines[0] == "w" and lines[1].startswith("overlay / overlay rw,"), describe(p)
+    assert "lowerdir=/run/cocoon/block/" in lines[1], describe(p)
+    assert cid not in shim_containerd.containers()
