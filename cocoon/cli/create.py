@@ -195,8 +195,6 @@ def write_pid_file(path: str | None, pid: int) -> None:
 
 
 def create(args: argparse.Namespace, reporter: Reporter) -> int:
-    from cocoon.cli import stub
-
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id, must_exist=False):
         try:
@@ -207,24 +205,7 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
                 return _create_member(args, reporter, pod)
             paths, bundle, _, spec = _start_sandbox(args, reporter, detached=True)
             try:
-                # The stub exists before the hooks: they get its PID, and its own
-                # network namespace (what a hook such as docker's configures).
-                pid = stub.spawn(
-                    paths,
-                    paths.id,
-                    "",
-                    args.console_socket,
-                    args.log,
-                    args.log_format,
-                    new_netns=wants_new_netns(spec),
-                    netns_path=joined_netns(spec),
-                )
-                stub.register(paths, "", pid)
-                record_stub(paths, pid)
-                create_hooks(paths, bundle, spec, pid, reporter)
-                if wants_new_netns(spec) and spec.get("hooks"):
-                    attach_hooked_network(paths, pid)
-                write_pid_file(args.pid_file, pid)
+                _spawn_stub(args, reporter, paths, bundle, spec, late_network=True)
             except BaseException:
                 _destroy(paths)
                 raise
@@ -237,29 +218,47 @@ def create(args: argparse.Namespace, reporter: Reporter) -> int:
 def _create_member(args: argparse.Namespace, reporter: Reporter, pod: Any) -> int:
     """``create`` into a running sandbox (cocoon.cli.join): the same stub, hooks and
     pid file as any container; its network namespace is the sandbox's (or its own)."""
-    from cocoon.cli import stub
     from cocoon.cli.join import create_member, destroy_member
 
     paths, bundle, spec = create_member(args, reporter, pod)
     try:
-        pid = stub.spawn(
-            paths,
-            paths.id,
-            "",
-            args.console_socket,
-            args.log,
-            args.log_format,
-            new_netns=wants_new_netns(spec),
-            netns_path=joined_netns(spec),
-        )
-        stub.register(paths, "", pid)
-        record_stub(paths, pid)
-        create_hooks(paths, bundle, spec, pid, reporter)
-        write_pid_file(args.pid_file, pid)
+        _spawn_stub(args, reporter, paths, bundle, spec, late_network=False)
     except BaseException:
         destroy_member(paths, reporter)
         raise
     return 0
+
+
+def _spawn_stub(
+    args: argparse.Namespace,
+    reporter: Reporter,
+    paths: SandboxPaths,
+    bundle: Path,
+    spec: dict[str, Any],
+    late_network: bool,
+) -> None:
+    """The container's stub, its hooks and pid file. The stub exists before the
+    hooks: they get its PID, and its own network namespace (what a hook such as
+    docker's configures); ``late_network``: carry what they put there into the VM
+    (a member's network is its sandbox's)."""
+    from cocoon.cli import stub
+
+    pid = stub.spawn(
+        paths,
+        paths.id,
+        "",
+        args.console_socket,
+        args.log,
+        args.log_format,
+        new_netns=wants_new_netns(spec),
+        netns_path=joined_netns(spec),
+    )
+    stub.register(paths, "", pid)
+    record_stub(paths, pid)
+    create_hooks(paths, bundle, spec, pid, reporter)
+    if late_network and wants_new_netns(spec) and spec.get("hooks"):
+        attach_hooked_network(paths, pid)
+    write_pid_file(args.pid_file, pid)
 
 
 def record_stub(paths: SandboxPaths, pid: int) -> None:

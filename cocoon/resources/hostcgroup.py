@@ -612,13 +612,7 @@ def apply(plan: CgroupPlan, pids: list[int]) -> list[str]:
                     _write(f, _read(parent))
             except OSError as exc:
                 raise CocoonError(f"cannot initialise {f} from its parent", exc) from exc
-        for w in plan.writes:
-            if w.optional and not os.path.exists(w.path):
-                continue
-            try:
-                _write(w.path, w.value)
-            except OSError as exc:
-                raise CocoonError(f"cannot write {w.value} to {w.path}", exc) from exc
+        write_all(plan.writes)
     except CocoonError:
         with contextlib.suppress(CocoonError):
             remove(plan, retry_seconds=0)
