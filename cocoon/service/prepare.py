@@ -118,7 +118,9 @@ def prepare_sandbox(
     settings = sandbox_settings(args, bundle.spec, bundle.annotations, config)
     from cocoon.service.hostcg import plan_for
 
-    plan_for(bundle.spec, paths.id, settings.memory_mib, settings.host_overhead_mib)
+    cgroup = plan_for(bundle.spec, paths.id, settings.memory_mib, settings.host_overhead_mib)
+    for note in cgroup.skipped:  # limits the VM's host cgroup cannot take, as they are
+        reporter.warn(f"host cgroup: {note}")
     assets = with_configured_files(locate(assets_dir(args.assets_dir)), config)
     paths.check_socket_lengths()
     if paths.dir.exists():

@@ -35,6 +35,7 @@ def test_cgroup_v1_only_settings_are_ignored_with_a_warning(env: Env) -> None:
         "memory": {"limit": 64 << 20, "kernel": 32 << 20, "kernelTCP": 8 << 20},
         "blockIO": {"weight": 500, "leafWeight": 300},
         "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 10}]},
+        "cpu": {"quota": 10000, "period": 100000},  # below the VM's floor on the host
     }
     b = limited_bundle(env, ["/bin/sh", "-c", "cat /sys/fs/cgroup/memory.max"], resources)
     r = env.run("run", "--bundle", str(b), "cv1")
@@ -43,6 +44,8 @@ def test_cgroup_v1_only_settings_are_ignored_with_a_warning(env: Env) -> None:
     err = r.stderr.decode()
     for field in ("memory.kernel", "memory.kernelTCP", "blockIO.leafWeight", "network"):
         assert f"linux.resources.{field} is ignored" in err, err
+    # What the host cgroup takes differently is said too, not only logged.
+    assert "host cgroup: host cpu quota 10000/100000 raised to 25000/100000" in err, err
 
 
 def test_hugetlb_limits_of_both_page_sizes_reach_the_guest_cgroup(env: Env) -> None:
