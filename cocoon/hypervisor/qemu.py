@@ -183,13 +183,7 @@ class QemuVM:
 
     async def hotplug_nic(self, netdev_id: str, device_id: str, tap_fd: int, mac: str) -> None:
         """Hot-plug a virtio-net-pci NIC on tap ``tap_fd`` (sent over QMP; ours stays open)."""
-        if self.state != VMState.RUNNING or self.qmp is None:
-            raise Unavailable(f"VM is {self.state.value}")
-        try:
-            self.qmp.send_fd_scm(tap_fd)
-        except Exception as exc:
-            raise CocoonError(f"cannot pass the tap of {device_id} to QEMU", exc) from exc
-        await self.execute("getfd", {"fdname": netdev_id})
+        await self._pass_fd(tap_fd, netdev_id)
         try:
             await self.execute("netdev_add", {"type": "tap", "id": netdev_id, "fd": netdev_id})
         except CocoonError:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Env
+from tests.e2e.test_network import create_detached
 
 CGROUPS = "/sys/fs/cgroup"
 CGROUP_MOUNT = {
@@ -71,19 +71,6 @@ def test_hugetlb_limits_of_both_page_sizes_reach_the_guest_cgroup(env: Env) -> N
     ]
 
 
-def _create_detached(env: Env, bundle: Path, cid: str) -> None:
-    log = env.work / "create.log"
-    with open(log, "wb") as fh:
-        rc = subprocess.run(
-            env.argv("create", "--bundle", str(bundle), cid),
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=fh,
-            timeout=180,
-        ).returncode
-    assert rc == 0, log.read_text()
-
-
 def test_cpu_quota_cpuset_and_device_rules_land_on_the_vms_host_cgroup(env: Env) -> None:
     parent = f"cocoon-e2e-{os.getpid()}"
     resources = {
@@ -95,7 +82,7 @@ def test_cpu_quota_cpuset_and_device_rules_land_on_the_vms_host_cgroup(env: Env)
         ],
     }
     b = limited_bundle(env, ["/bin/sleep", "600"], resources, cgroupsPath=f"/{parent}/cq1")
-    _create_detached(env, b, "cq1")
+    create_detached(env, b, "cq1")
     cpu, cpuset, devices = (Path(CGROUPS, c, parent, "cq1") for c in ("cpu", "cpuset", "devices"))
     try:
         assert (cpu / "cpu.cfs_quota_us").read_text().split() == ["50000"]
