@@ -20,6 +20,8 @@ from cocoon.wire import codec
 R = TypeVar("R")
 DEFAULT_TIMEOUT = 30.0
 CREATE_TIMEOUT = 60.0
+# What a Detach drops in the guest (the agent's LONG_POLLS); asked again after resume.
+LONG_POLLS = frozenset({"WaitProcess", "ReadStdout", "ReadStderr"})
 
 
 def _translate(method: str, exc: RPCError) -> CocoonError:
@@ -34,8 +36,15 @@ def _translate(method: str, exc: RPCError) -> CocoonError:
 
 
 class AgentClient:
+    """A detach (:meth:`detach`) closes a gate: calls wait there until :meth:`resume`,
+    and the long polls the guest dropped are asked again then, transparently."""
+
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._open = asyncio.Event()
+        self._open.set()
+        self._generation = 0  # bumped by each detach: a poll cancelled by it is re-asked
+        self._polls: set[asyncio.Future[bytes]] = set()
 
     @classmethod
     async def connect(cls, socket_path: str, timeout: float) -> AgentClient:
@@ -61,9 +70,37 @@ class AgentClient:
                 await agent.close()
                 raise
 
-    async def call(self, method: str, req: Any, resp_type: type[R], timeout: float | None) -> R:
+    async def call(
+        self,
+        method: str,
+        req: Any,
+        resp_type: type[R],
+        timeout: float | None,
+        through_gate: bool = False,
+    ) -> R:
+        body = codec.encode(req)
+        while True:
+            if not through_gate:
+                await self._open.wait()
+            generation = self._generation
+            task = asyncio.ensure_future(self._client.call(w.SERVICE, method, body, timeout))
+            if method in LONG_POLLS:
+                self._polls.add(task)
+            try:
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+            finally:
+                self._polls.discard(task)
+            if not task.cancelled():
+                break
+            if generation == self._generation:
+                raise asyncio.CancelledError
+            # dropped by a detach: asked again once the gate opens
         try:
-            payload = await self._client.call(w.SERVICE, method, codec.encode(req), timeout)
+            payload = task.result()
         except RPCError as exc:
             raise _translate(method, exc) from exc
         except ConnectionLost as exc:
@@ -75,6 +112,30 @@ class AgentClient:
 
     async def close(self) -> None:
         await self._client.close()
+        self._open.set()  # whoever waits at the gate now fails on the closed link
+
+    async def detach(self, release_share: bool) -> w.DetachResponse:
+        """Quiesce the link for a snapshot: new calls wait at the gate, the guest drops
+        its long polls (ours are re-asked after :meth:`resume`) and answers the rest."""
+        self._open.clear()
+        try:
+            resp = await self.call(
+                "Detach", w.DetachRequest(release_share), w.DetachResponse, 30, True
+            )
+        except BaseException:
+            self._open.set()
+            raise
+        self._generation += 1
+        for task in list(self._polls):
+            task.cancel()
+        return resp
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def rename_container(self, old: str, new: str) -> None:
+        req = w.RenameContainerRequest(old, new)
+        await self.call("RenameContainer", req, w.Empty, DEFAULT_TIMEOUT)
 
     async def check(self, timeout: float = DEFAULT_TIMEOUT) -> w.CheckResponse:
         return await self.call("Check", w.Empty(), w.CheckResponse, timeout)

@@ -33,6 +33,8 @@ _VERBS = {
     "assets": "cocoon.cli.assets",
     "factory": "cocoon.cli.factory",
     "debug-console": "cocoon.cli.debugconsole",
+    "checkpoint": "cocoon.cli.checkpoint",
+    "restore": "cocoon.cli.checkpoint",
     "_service": "cocoon.service.daemon",
 }
 

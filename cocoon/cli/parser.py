@@ -25,6 +25,41 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preserve-fds", type=int, default=0, help="accepted; 0 only")
 
 
+# CRIU's options, as runc takes them: accepted and logged (a VM keeps everything:
+# TCP connections, unix sockets, file locks, its own namespaces).
+_CRIU_FLAGS = ("--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks")
+_CRIU_VALUES = ("--manage-cgroups-mode", "--empty-ns", "--status-fd", "--page-server")
+
+
+def _add_checkpoint_verbs(sub: argparse._SubParsersAction, want: object) -> None:  # type: ignore[type-arg]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--image-path", default="", help="checkpoint image dir (default ./checkpoint)"
+    )
+    common.add_argument("--work-path", default="", help="accepted (logs would go here)")
+    for flag in _CRIU_FLAGS:
+        common.add_argument(flag, action="store_true", help="accepted: always so in a VM")
+    for flag in _CRIU_VALUES:
+        common.add_argument(flag, action="append", help="accepted")
+    common.add_argument("--auto-dedup", action="store_true", help="accepted")
+    common.add_argument("--lazy-pages", action="store_true", help="not supported")
+    ck = sub.add_parser(
+        "checkpoint", parents=[common], help="save a running container's whole VM to a dir"
+    )
+    ck.add_argument("--leave-running", action="store_true", help="keep it running afterwards")
+    ck.add_argument("--parent-path", help="accepted; every checkpoint is complete")
+    ck.add_argument("--pre-dump", action="store_true", help="not supported")
+    ck.add_argument("id")
+    rs = sub.add_parser("restore", parents=[common], help="restore a container from a checkpoint")
+    _add_create_flags(rs)
+    rs.add_argument("-d", "--detach", action="store_true", help="do not wait for the container")
+    # containerd's runc shim spells it with one dash (Go's flag package).
+    rs.add_argument("--no-subreaper", "-no-subreaper", action="store_true", help="accepted")
+    rs.add_argument("--lsm-profile", help="accepted")
+    rs.add_argument("--lsm-mount-context", help="accepted")
+    rs.add_argument("id")
+
+
 _GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--assets-dir", "--rootless", "--config"}
 VERBS = (
     "create",
@@ -46,6 +81,8 @@ VERBS = (
     "assets",
     "factory",
     "debug-console",
+    "checkpoint",
+    "restore",
     "_service",
 )
 
@@ -229,6 +266,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "([agent] debug_console)",
         )
         dbg.add_argument("id")
+
+    if want("checkpoint") or want("restore"):
+        _add_checkpoint_verbs(sub, want)
 
     if want("_service"):
         svc = sub.add_parser("_service", help=argparse.SUPPRESS)

@@ -44,6 +44,7 @@ BUNDLES = "/run/cocoon/bundles"
 CONSOLES = "/run/cocoon/consoles"
 CONSOLE_WAIT = 15.0  # for crun to send a console's pty master
 CGROUP_PARENT = "/cocoon"
+FILES = "/run/cocoon/files"  # file binds carried by value (the agent's FILES_ROOT)
 
 
 class State(enum.Enum):
@@ -87,6 +88,12 @@ class Container:
     init: Process
     state: State = State.CREATED
     execs: dict[str, Process] = field(default_factory=dict)
+    # The name crun, the cgroup and the guest paths know it by: its first ID, kept
+    # when a restore gives it another (RenameContainer).
+    crun_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.crun_id = self.crun_id or self.id
 
     def process(self, exec_id: str) -> Process:
         if not exec_id:
@@ -325,7 +332,7 @@ class ContainerManager:
         ctr = self.get(cid)
         if ctr.state != State.CREATED:
             raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is {ctr.state.value}")
-        await self._crun_ok("start", cid)
+        await self._crun_ok("start", ctr.crun_id)
         if ctr.state == State.CREATED:
             ctr.state = State.RUNNING
 
@@ -352,7 +359,7 @@ class ContainerManager:
             srv = _console_listener(sock_path)
             try:
                 proc.waiter_pid = self.reaper.spawn(
-                    [*self._crun(*args, "--console-socket", sock_path), cid]
+                    [*self._crun(*args, "--console-socket", sock_path), ctr.crun_id]
                 )
                 self._watch_exit(ctr, proc)
                 master = await self._console_or_exit(srv, proc, log_file)
@@ -366,7 +373,7 @@ class ContainerManager:
             child_in, w1, w2 = self._stdio(proc, stdin)
             try:
                 proc.waiter_pid = self.reaper.spawn(
-                    [*self._crun(*args), cid], stdin=child_in, stdout=w1, stderr=w2
+                    [*self._crun(*args), ctr.crun_id], stdin=child_in, stdout=w1, stderr=w2
                 )
             finally:
                 for fd in (child_in, w1, w2):
@@ -417,14 +424,14 @@ class ContainerManager:
         ctr = self.get(cid)
         if ctr.state != State.RUNNING:
             raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is {ctr.state.value}")
-        await self._crun_ok("pause", cid)
+        await self._crun_ok("pause", ctr.crun_id)
         ctr.state = State.PAUSED
 
     async def resume(self, cid: str) -> None:
         ctr = self.get(cid)
         if ctr.state != State.PAUSED:
             raise _error(Code.FAILED_PRECONDITION, f"container {cid!r} is not paused")
-        await self._crun_ok("resume", cid)
+        await self._crun_ok("resume", ctr.crun_id)
         if ctr.state == State.PAUSED:
             ctr.state = State.RUNNING
 
@@ -435,11 +442,10 @@ class ContainerManager:
         path = os.path.join(ctr.bundle, "resources.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(resources, fh)
-        await self._crun_ok("update", "--resources", path, cid)
+        await self._crun_ok("update", "--resources", path, ctr.crun_id)
 
     def cgroup_dir(self, cid: str) -> str:
-        self.get(cid)
-        return f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}"
+        return f"/sys/fs/cgroup{CGROUP_PARENT}/{self.get(cid).crun_id}"
 
     async def signal(self, cid: str, exec_id: str, sig: int, all_procs: bool) -> None:
         ctr = self.get(cid)
@@ -447,7 +453,7 @@ class ContainerManager:
         if proc.exited.is_set():
             raise _error(Code.NOT_FOUND, f"process {exec_id or 'init'} of {cid!r} is not running")
         if all_procs and not exec_id:
-            await self._crun_ok("kill", "--all", cid, str(sig))
+            await self._crun_ok("kill", "--all", ctr.crun_id, str(sig))
             return
         pid = proc.pid or proc.waiter_pid
         try:
@@ -512,8 +518,7 @@ class ContainerManager:
             fcntl.ioctl(proc.stdout_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def processes(self, cid: str) -> list[tuple[int, list[str]]]:
-        self.get(cid)
-        path = f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}/cgroup.procs"
+        path = f"{self.cgroup_dir(cid)}/cgroup.procs"
         out = []
         with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as fh:
             for line in fh:
@@ -532,14 +537,25 @@ class ContainerManager:
             if not proc.exited.is_set() and proc.waiter_pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid or proc.waiter_pid, signal.SIGKILL)
-        code, out = await self.reaper.run(self._crun("delete", "--force", cid))
+        code, out = await self.reaper.run(self._crun("delete", "--force", ctr.crun_id))
         if code != 0:
             log.warning("crun delete %s: %s", cid, _last_line(out))
         for proc in (ctr.init, *ctr.execs.values()):
             proc.close_fds()
         shutil.rmtree(ctr.bundle, ignore_errors=True)
-        disks.unmount_block_rootfs(cid)  # the host unplugs its disks next
+        shutil.rmtree(os.path.join(FILES, ctr.crun_id), ignore_errors=True)
+        disks.unmount_block_rootfs(ctr.crun_id)  # the host unplugs its disks next
         del self.containers[cid]
+
+    def rename(self, old: str, new: str) -> None:
+        """Known as ``new`` from now on (a restore under another ID); crun, the cgroup
+        and the guest paths keep the first name."""
+        ctr = self.get(old)
+        if new != old and new in self.containers:
+            raise _error(Code.ALREADY_EXISTS, f"container {new!r} already exists")
+        del self.containers[old]
+        ctr.id = new
+        self.containers[new] = ctr
 
     async def remove_all(self) -> None:
         for cid in list(self.containers):

@@ -22,6 +22,10 @@ from cocoon.wire import codec
 
 log = logging.getLogger("cocoon.guest")
 STORAGE_ROOT = "/run/cocoon/storage"
+# File binds carried by value (CreateContainerRequest.files) live here.
+FILES_ROOT = "/run/cocoon/files/"
+# The calls a Detach drops: the host re-issues them after the save (or a restore).
+LONG_POLLS = frozenset({"WaitProcess", "ReadStdout", "ReadStderr"})
 
 
 class AgentService:
@@ -30,6 +34,7 @@ class AgentService:
         self.containers = ContainerManager(reaper)
         self.sandbox_id = ""
         self.mounts: list[str] = []
+        self._server: Server | None = None
 
     # -- sandbox -----------------------------------------------------------
     async def Check(self, _: w.Empty) -> w.CheckResponse:
@@ -105,6 +110,40 @@ class AgentService:
             raise RPCError(Code.INVALID_ARGUMENT, f"unknown storage driver {st.driver!r}")
         self.mounts.append(st.mount_point)
 
+    async def Detach(self, req: w.DetachRequest) -> w.DetachResponse:
+        dropped = await self._server.quiesce(LONG_POLLS) if self._server is not None else 0
+        released = False
+        if req.release_share:
+            for mp in [m for m in self.mounts if m.startswith("/run/cocoon/shared")]:
+                try:
+                    system.umount(mp)
+                except OSError as exc:
+                    raise RPCError(
+                        Code.FAILED_PRECONDITION, f"the host share {mp} is in use: {exc}"
+                    ) from exc
+                self.mounts.remove(mp)
+                released = True
+        log.info("detached: %d long polls dropped, share released: %s", dropped, released)
+        return w.DetachResponse(dropped, released)
+
+    async def RenameContainer(self, req: w.RenameContainerRequest) -> w.Empty:
+        self.containers.rename(req.old_id, req.new_id)
+        return w.Empty()
+
+    @staticmethod
+    def _write_files(files: list[w.GuestFile]) -> None:
+        for f in files:
+            path = os.path.normpath(f.path)
+            if not path.startswith(FILES_ROOT) or "\0" in path:
+                raise RPCError(Code.INVALID_ARGUMENT, f"file {f.path} is not under {FILES_ROOT}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, f.data)
+                os.fchmod(fd, f.mode & 0o7777)
+            finally:
+                os.close(fd)
+
     async def DestroySandbox(self, _: w.Empty) -> w.Empty:
         await self.containers.remove_all()
         for mp in reversed(self.mounts):
@@ -115,6 +154,9 @@ class AgentService:
 
     # -- containers ----------------------------------------------------------
     async def CreateContainer(self, req: w.CreateContainerRequest) -> w.Empty:
+        if req.share is not None:
+            self._mount_storage(req.share)
+        self._write_files(req.files)
         for vol in req.volumes:
             try:
                 volumes.ensure(vol)
@@ -213,6 +255,7 @@ class AgentService:
 
     # -- wiring ----------------------------------------------------------------
     def register(self, server: Server) -> None:
+        self._server = server
         for name, (req_type, _resp_type) in w.METHODS.items():
             method: Callable[[Any], Awaitable[Any]] = getattr(self, name)
             server.register(w.SERVICE, name, _adapt(method, req_type))

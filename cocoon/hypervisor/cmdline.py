@@ -88,6 +88,9 @@ class VMPlan:
     memory_file: Path | None = None
     memory_shared: bool = False
     incoming: bool = False
+    # Guest RAM from a plain ``memory-backend-ram`` object named ``mem``: a restore of a
+    # template clone (its RAM block is "mem", not "pc.ram") without the template file.
+    memory_ram_object: bool = False
     nics: tuple[NicArg, ...] = ()
     # Extra flags of the emulated CPU (TCG); part of the argv, so of a template's key.
     cpu_features: tuple[str, ...] = field(default_factory=host_cpu_features)
@@ -147,7 +150,11 @@ def build_argv(plan: VMPlan) -> list[str]:
     virtiofs = plan.share is not None and plan.share.kind == "virtiofs"
     machine = plan.machine
     # Guest RAM from the "mem" backend object (pc + virtio-fs uses a NUMA node instead).
-    if plan.memory_file is not None or (plan.machine == "microvm" and virtiofs):
+    if (
+        plan.memory_file is not None
+        or plan.memory_ram_object
+        or (plan.machine == "microvm" and virtiofs)
+    ):
         machine += ",memory-backend=mem"
     argv = [
         plan.qemu,
@@ -248,6 +255,8 @@ def build_argv(plan: VMPlan) -> list[str]:
             f"memory-backend-file,id=mem,size={plan.memory_mib}M,"
             f"mem-path={plan.memory_file},share={share}",
         ]
+    elif plan.memory_ram_object:
+        argv += ["-object", f"memory-backend-ram,id=mem,size={plan.memory_mib}M"]
     if plan.incoming:
         argv += ["-incoming", "defer"]
     # Pod NICs: a tap fd from the pod's namespace, the guest NIC with the pod

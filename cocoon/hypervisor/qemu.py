@@ -168,21 +168,26 @@ class QemuVM:
             plugged += 1
         return plugged
 
-    async def hotplug_memory(self, size_mib: int, index: int) -> None:
-        """Add one DIMM of ``size_mib`` (a multiple of 128 MiB, the guest's block size)."""
+    async def hotplug_memory(self, size_mib: int, index: int, addr: int = 0) -> None:
+        """Add one DIMM of ``size_mib`` (a multiple of 128 MiB, the guest's block size);
+        ``addr``: its guest-physical address (a restore puts it where it was)."""
         await self.execute(
             "object-add",
             {"qom-type": "memory-backend-ram", "id": f"hpmem{index}", "size": size_mib << 20},
         )
         try:
-            await self.device_add("pc-dimm", f"dimm{index}", memdev=f"hpmem{index}")
+            where = {"addr": addr} if addr else {}
+            await self.device_add("pc-dimm", f"dimm{index}", memdev=f"hpmem{index}", **where)
         except CocoonError:
             with contextlib.suppress(CocoonError):
                 await self.execute("object-del", {"id": f"hpmem{index}"})
             raise
 
-    async def hotplug_nic(self, netdev_id: str, device_id: str, tap_fd: int, mac: str) -> None:
-        """Hot-plug a virtio-net-pci NIC on tap ``tap_fd`` (sent over QMP; ours stays open)."""
+    async def hotplug_nic(
+        self, netdev_id: str, device_id: str, tap_fd: int, mac: str, addr: str = ""
+    ) -> None:
+        """Hot-plug a virtio-net-pci NIC on tap ``tap_fd`` (sent over QMP; ours stays open);
+        ``addr``: its PCI slot (a restore puts every device where it was)."""
         await self._pass_fd(tap_fd, netdev_id)
         try:
             await self.execute("netdev_add", {"type": "tap", "id": netdev_id, "fd": netdev_id})
@@ -193,8 +198,9 @@ class QemuVM:
         try:
             # No option ROM (no PXE boot here): QEMU would open it by path, and it
             # has been chrooted into an empty directory since it started.
+            where = {"addr": addr} if addr else {}
             await self.device_add(
-                "virtio-net-pci", device_id, netdev=netdev_id, mac=mac, romfile=""
+                "virtio-net-pci", device_id, netdev=netdev_id, mac=mac, romfile="", **where
             )
         except CocoonError:
             with contextlib.suppress(CocoonError):
@@ -203,7 +209,13 @@ class QemuVM:
 
     # -- disks -------------------------------------------------------------------
     async def hotplug_disk(
-        self, node: str, serial: str, fd: int, readonly: bool, device: bool = False
+        self,
+        node: str,
+        serial: str,
+        fd: int,
+        readonly: bool,
+        device: bool = False,
+        addr: str = "",
     ) -> int:
         """Hot-plug a virtio-blk-pci disk on ``fd`` (added to an fdset over QMP: QEMU is
         chrooted and opens ``/dev/fdset/N``, never a path); return the fdset id.
@@ -235,7 +247,8 @@ class QemuVM:
                 await self.execute("remove-fd", {"fdset-id": fdset})
             raise
         try:
-            await self.device_add("virtio-blk-pci", node, drive=node, serial=serial)
+            where = {"addr": addr} if addr else {}
+            await self.device_add("virtio-blk-pci", node, drive=node, serial=serial, **where)
         except CocoonError:
             with contextlib.suppress(CocoonError):
                 await self.execute("blockdev-del", {"node-name": node})
@@ -264,6 +277,70 @@ class QemuVM:
             await self.execute("remove-fd", {"fdset-id": fdset})
         except CocoonError as exc:
             log.warning("unplugging disk %s: %s", node, exc)
+
+    # -- what a snapshot records ----------------------------------------------------
+    async def pci_slots(self) -> dict[str, str]:
+        """Device id → its PCI address on bus 0 (``"0x5"``), for the ids that have one."""
+        out: dict[str, str] = {}
+        for bus in await self.execute("query-pci"):
+            for dev in bus.get("devices", []):
+                if dev.get("qdev_id"):
+                    fn = dev.get("function", 0)
+                    out[dev["qdev_id"]] = f"0x{dev['slot']:x}" + (f".{fn}" if fn else "")
+        return out
+
+    async def memory_devices(self) -> list[tuple[str, int, int]]:
+        """The DIMMs plugged: (id, size in bytes, guest-physical address)."""
+        out = []
+        for dev in await self.execute("query-memory-devices"):
+            data = dev.get("data", {})
+            if dev.get("type") == "dimm" and data.get("id"):
+                out.append((str(data["id"]), int(data["size"]), int(data["addr"])))
+        return out
+
+    async def plugged_cpus(self) -> list[dict[str, Any]]:
+        """The hot-plugged vCPUs' device properties (type, ids), in plug order."""
+        slots = await self.execute("query-hotpluggable-cpus")
+        plugged = [
+            s for s in slots if str(s.get("qom-path", "")).startswith("/machine/peripheral/")
+        ]
+        plugged.sort(key=lambda s: str(s["qom-path"]))
+        return [
+            {"driver": s["type"], "id": str(s["qom-path"]).rsplit("/", 1)[-1], **s["props"]}
+            for s in plugged
+        ]
+
+    async def plug_cpu(self, props: dict[str, Any]) -> None:
+        args = dict(props)
+        await self.device_add(str(args.pop("driver")), str(args.pop("id")), **args)
+
+    async def version(self) -> str:
+        """QEMU's version as ``query-version`` gives it (``7.2.22`` plus the package)."""
+        v = await self.execute("query-version")
+        q = v.get("qemu", {})
+        text = f"{q.get('major')}.{q.get('minor')}.{q.get('micro')} {v.get('package', '')}"
+        return " ".join(text.replace("(", " ").replace(")", " ").split())
+
+    async def snapshot_to(self, fd: int, timeout: float = 600.0) -> dict[str, Any]:
+        """Write the stopped VM's RAM and device state into ``fd`` (a pipe or a file);
+        return query-migrate's figures. The VM stays stopped (``postmigrate``)."""
+        # A template clone set x-ignore-shared to load its template; its own RAM is
+        # private, and all of it goes into the snapshot.
+        await self.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
+        )
+        await self._pass_fd(fd, "snapshot-out")
+        await self.execute("migrate", {"uri": "fd:snapshot-out"})
+        await self._migration_done("saving the VM", timeout)
+        return dict(await self.execute("query-migrate"))
+
+    async def load_from(self, fd: int, timeout: float = 600.0) -> None:
+        """Load RAM and device state from ``fd`` into this ``-incoming defer`` VM; it is
+        left paused (the caller continues it when the rest is in place)."""
+        await self._pass_fd(fd, "snapshot-in")
+        await self.execute("migrate-incoming", {"uri": "fd:snapshot-in"})
+        await self._migration_done("loading the VM", timeout)
 
     # -- templates ---------------------------------------------------------------
     async def _ignore_shared_ram(self) -> None:

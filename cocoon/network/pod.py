@@ -119,6 +119,21 @@ class PodNetwork:
         if self.plan.nics:
             log.info("NICs plugged in %.3fs, guest configured in %.3fs", t1 - t0, loop.time() - t1)
 
+    async def attach_restored(self, vm: QemuVM, nics: list[tuple[str, str, str, str]]) -> None:
+        """A restore: the NICs of the checkpoint, (netdev id, device id, MAC, PCI slot),
+        on this namespace's taps, in an incoming VM (the guest is configured already;
+        the caller compares ``plan.guest`` with what it had). Raises CocoonError."""
+        await self.prepare()
+        if len(nics) != len(self.plan.nics):
+            raise FailedPrecondition(
+                f"the checkpoint has {len(nics)} NIC(s), network namespace "
+                f"{self.netns or '(none)'} offers {len(self.plan.nics)}"
+            )
+        for (netdev, device, mac, addr), fd in zip(nics, self._fds, strict=True):
+            await vm.hotplug_nic(netdev, device, fd, mac, addr)
+        self._close_fds()
+        self.state = NetState.ATTACHED
+
     def _close_fds(self) -> None:
         for fd in self._fds:
             with contextlib.suppress(OSError):

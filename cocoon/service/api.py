@@ -134,6 +134,18 @@ class ServiceAPI:
         await self.sandbox.attach_network(req.netns)
         return s.Empty()
 
+    async def Checkpoint(self, req: s.CheckpointRequest) -> s.CheckpointResponse:
+        from pathlib import Path
+
+        self.sandbox.get(req.container_id)
+        stats = await self.sandbox.checkpoint(Path(req.image_path), req.leave_running)
+        return s.CheckpointResponse(stats)
+
+    async def Restored(self, req: s.ContainerRef) -> s.CreateResponse:
+        await self.sandbox.ready()
+        self.sandbox.get(req.container_id)
+        return s.CreateResponse(self.sandbox.take_warnings())
+
     async def Shutdown(self, _: s.Empty) -> s.Empty:
         await self.sandbox.shutdown()
         self.on_empty()

@@ -25,14 +25,16 @@ class ContainerDisks:
     rootfs: blockroot.BlockRootfs | None = None
     plugged: list[tuple[str, int]] = field(default_factory=list)  # (node, fdset)
 
-    async def plug(self, vm: QemuVM, disk: blockroot.Disk | devices.HostBlock) -> None:
+    async def plug(
+        self, vm: QemuVM, disk: blockroot.Disk | devices.HostBlock, addr: str = ""
+    ) -> None:
         if isinstance(disk, blockroot.Disk):
             fd, ro = blockroot.open_disk(disk), disk.readonly
         else:
             fd, ro = devices.open_block(disk), disk.readonly
         try:
             device = isinstance(disk, devices.HostBlock)
-            fdset = await vm.hotplug_disk(disk.node, disk.serial, fd, ro, device)
+            fdset = await vm.hotplug_disk(disk.node, disk.serial, fd, ro, device, addr)
         finally:
             os.close(fd)  # QEMU has its own copy
         self.plugged.append((disk.node, fdset))

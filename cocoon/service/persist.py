@@ -107,6 +107,7 @@ class SandboxState:
     netns_id: list[int] = field(default_factory=list)  # (dev, ino) of the VM's netns
     sandbox: str = ""  # a member: the ID whose state dir is the sandbox's home
     deleted: bool = False  # the home's own container is deleted; members still live
+    restore: str = ""  # the checkpoint image dir this sandbox is restored from
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

@@ -95,7 +95,7 @@ def prepare_sandbox(
 
     paths = _paths(args)
     bundle = load_bundle(args.bundle)
-    if getattr(args, "verb", "") in ("create", "run"):
+    if getattr(args, "verb", "") in ("create", "run", "restore"):
         from cocoon.oci.spec import require_process
 
         require_process(bundle)

@@ -117,6 +117,7 @@ class ContainerRecord:
     workload: Workload = field(default_factory=Workload)  # what dynamic sizing counts
     resources: dict[str, Any] = field(default_factory=dict)  # linux.resources, as updated
     disks: ContainerDisks = field(default_factory=ContainerDisks)  # its virtio-blk disks
+    host_binds: list[str] = field(default_factory=list)  # sources live in the share
 
 
 class Sandbox:
@@ -157,6 +158,9 @@ class Sandbox:
         self.netns = ""
         self.network: PodNetwork | None = None
         self.warnings: list[str] = []
+        # A restore (cocoon.service.snapshot): (image dir, container ID, bundle); the
+        # boot then loads the checkpoint instead of starting a VM afresh.
+        self.restore_from: tuple[Path, str, Path] | None = None
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -178,6 +182,12 @@ class Sandbox:
     async def _boot(self) -> None:
         self.state = SandboxState.BOOTING
         self._mark("boot_start")
+        if self.restore_from is not None:
+            from cocoon.service import snapshot
+
+            await snapshot.restore(self, *self.restore_from)
+            self._now_ready()
+            return
         self.share.setup()
         share: SharePlan
         if self.settings.shared_fs == "virtiofs":
@@ -211,25 +221,33 @@ class Sandbox:
                 # The node's name, as runc's containers inherit it; a spec's own
                 # hostname is set by crun in the container's UTS namespace.
                 hostname=socket.gethostname(),
-                storages=[
-                    w.Storage(
-                        driver="9p" if share.kind == "9p" else "virtiofs",
-                        source=SHARE_TAG,
-                        mount_point=GUEST_SHARE,
-                        options=["cache=mmap"] if share.kind == "9p" else [],
-                    )
-                ],
+                # Block rootfs mode mounts the share only for a container that has
+                # directory binds (CreateContainerRequest.share): a VM with nothing
+                # mounted from the host can be checkpointed.
+                storages=[] if self.settings.rootfs_mode == "block" else [self._share_storage()],
                 time_ns=time.time_ns(),
                 seed=secrets.token_bytes(64),
                 kernel_modules=list(self.settings.kernel_modules),
             )
         )
         self._mark("sandbox_ready")
+        self._now_ready()
+
+    def _now_ready(self) -> None:
         self.state = SandboxState.READY
         if self.settings.clock_sync_interval > 0:
             self._clock_task = asyncio.get_running_loop().create_task(self._clock_loop())
         t0 = self.timings["boot_start"]
         log.info("ready: %s", " ".join(f"{k}=+{v - t0:.3f}s" for k, v in self.timings.items()))
+
+    def _share_storage(self) -> w.Storage:
+        nine = self.settings.shared_fs != "virtiofs"
+        return w.Storage(
+            driver="9p" if nine else "virtiofs",
+            source=SHARE_TAG,
+            mount_point=GUEST_SHARE,
+            options=["cache=mmap"] if nine else [],
+        )
 
     async def _clock_loop(self) -> None:
         """Keep the guest's clock on the host's for the VM's whole life (a safety net)."""
@@ -512,7 +530,11 @@ class Sandbox:
         ]
         # A block rootfs is writable (its overlay): crun makes its own mount points.
         guest_mounts = None if block else plan.guest_spec.get("mounts") or []
-        self.share.apply_binds(plan.binds[1:] if block else plan.binds, local, guest_mounts)
+        binds, guest_spec = plan.binds, plan.guest_spec
+        files: list[tuple[str, bytes, int]] = []
+        if block is not None:
+            binds, files, guest_spec = self.share.copy_files(binds[1:], guest_spec, local)
+        self.share.apply_binds(binds, local, guest_mounts)
         disks = ContainerDisks()
         try:
             if block is not None:
@@ -525,7 +547,7 @@ class Sandbox:
             await agent.create_container(
                 w.CreateContainerRequest(
                     container_id=cid,
-                    spec=plan.guest_spec,
+                    spec=guest_spec,
                     rootfs=plan.guest_rootfs,
                     stdin=stdin,
                     terminal=bundle.terminal,
@@ -540,6 +562,8 @@ class Sandbox:
                     guest_devices=dev_plan.guest_devices,
                     volumes=guest_volumes,
                     pod_exact=join is not None,
+                    files=[w.GuestFile(path, data, mode) for path, data, mode in files],
+                    share=self._share_storage() if block is not None and binds else None,
                 )
             )
         except BaseException:
@@ -555,6 +579,7 @@ class Sandbox:
             workload=workload,
             resources=dict((bundle.spec.get("linux") or {}).get("resources") or {}),
             disks=disks,
+            host_binds=[str(b.source) for b in (binds if block is not None else binds[1:])],
         )
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
@@ -869,6 +894,13 @@ class Sandbox:
         await ctr.disks.remove(live)
         self.share.remove_binds(cid)
         del self.containers[cid]
+
+    async def checkpoint(self, directory: Path, leave_running: bool) -> dict[str, Any]:
+        """The whole sandbox into ``directory`` (cocoon.service.snapshot); its figures."""
+        from cocoon.service import snapshot
+
+        manifest = await snapshot.checkpoint(self, directory, leave_running)
+        return dict(manifest.stats)
 
     # -- teardown ------------------------------------------------------------
     async def shutdown(self) -> None:

@@ -25,6 +25,10 @@ from cocoon.oci.namespaces import host_nstype, plan_namespaces
 from cocoon.storage import hostmount, mounts, volumes
 
 GUEST_SHARE = "/run/cocoon/shared"
+# File binds copied into the guest (block rootfs mode) land here.
+GUEST_FILES = "/run/cocoon/files"
+# Larger files stay shared: a copy is a snapshot, fine for /etc/hosts, not for data.
+COPY_FILE_MAX = 1 << 20
 # Filesystems the guest kernel provides itself; they never cross the share.
 GUEST_LOCAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
 # Directories only Cocoon makes (mounts/, shared/, mounts/<cid>/): traversable, not
@@ -256,6 +260,50 @@ class SharedDir:
                     raise InvalidArgument(f"cannot attach {b.source}: {exc.strerror}") from exc
         finally:
             hostmount.close_all(trees)
+
+    @staticmethod
+    def copy_files(
+        binds: list[Bind], spec: dict[str, Any], local: frozenset[Path] = frozenset()
+    ) -> tuple[list[Bind], list[tuple[str, bytes, int]], dict[str, Any]]:
+        """Take the regular-file binds of at most COPY_FILE_MAX bytes (an engine's
+        /etc/hosts, resolv.conf, hostname, .containerenv) by value: (binds left,
+        [(guest path, content, mode)], ``spec`` with those mounts pointing at the
+        copies under GUEST_FILES). A VM with nothing mounted from the host can be
+        checkpointed; the price is that later host edits of those files are not
+        seen (documented). Raises InvalidArgument naming a source that is gone."""
+        if not binds:
+            return binds, [], spec
+        requests = [
+            hostmount.TreeRequest(str(b.source), b.source not in local, b.beneath, b.rest)
+            for b in binds
+        ]
+        trees = hostmount.clone_trees(requests)
+        kept: list[Bind] = []
+        files: list[tuple[str, bytes, int]] = []
+        moved: dict[str, str] = {}
+        try:
+            for b, tree in zip(binds, trees, strict=True):
+                st = os.fstat(tree)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > COPY_FILE_MAX:
+                    kept.append(b)
+                    continue
+                fd = os.open(f"/proc/self/fd/{tree}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    data = os.read(fd, COPY_FILE_MAX + 1)[:COPY_FILE_MAX]
+                finally:
+                    os.close(fd)
+                guest = f"{GUEST_FILES}/{b.target}"
+                files.append((guest, data, stat.S_IMODE(st.st_mode)))
+                moved[f"{GUEST_SHARE}/{b.target}"] = guest
+        finally:
+            hostmount.close_all(trees)
+        if not moved:
+            return binds, [], spec
+        out = copy.deepcopy(spec)
+        for m in out.get("mounts") or []:
+            if m.get("source") in moved:
+                m["source"] = moved[m["source"]]
+        return kept, files, out
 
     @staticmethod
     def emptydir_subpaths(plan: ContainerShare, annotations: dict[str, Any]) -> ContainerShare:

@@ -21,6 +21,8 @@ log = logging.getLogger("cocoon.ttrpc")
 class Server:
     def __init__(self) -> None:
         self._handlers: dict[tuple[str, str], Handler] = {}
+        # Every call being served: its task → (method, still in its handler).
+        self._calls: dict[asyncio.Task[None], tuple[str, bool]] = {}
 
     def register(self, service: str, method: str, handler: Handler) -> None:
         self._handlers[(service, method)] = handler
@@ -36,6 +38,9 @@ class Server:
                 msg = f"{req.service}.{req.method} is not implemented"
                 resp = Response(Status(Code.UNIMPLEMENTED, msg))
             else:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._calls[task] = (req.method, True)
                 try:
                     resp = Response(payload=await handler(req.payload))
                 except RPCError as exc:
@@ -45,6 +50,9 @@ class Server:
                 except Exception as exc:
                     log.exception("%s.%s failed", req.service, req.method)
                     resp = Response(Status(Code.UNKNOWN, f"{req.method}: {exc}"))
+                finally:
+                    if task is not None and task in self._calls:
+                        self._calls[task] = (req.method, False)  # answering: never cut
         data = resp.encode()
         if len(data) > framing.MAX_PAYLOAD:
             what = f"{req.method}: the reply"
@@ -52,6 +60,20 @@ class Server:
             data = Response(Status(too_big.code, too_big.message)).encode()
         with contextlib.suppress(ConnectionLost):
             await conn.send(framing.Frame(frame.stream_id, framing.FrameType.RESPONSE, 0, data))
+
+    async def quiesce(self, drop: frozenset[str], timeout: float = 10.0) -> int:
+        """Cancel the calls of methods ``drop`` still in their handlers (they get no
+        answer: their caller asks again) and wait until every other call, but the
+        caller's own, has answered. Returns how many were dropped. The link is then
+        quiet: nothing half-sent that a snapshot could freeze."""
+        me = asyncio.current_task()
+        dropped = [t for t, (m, busy) in self._calls.items() if busy and m in drop and t is not me]
+        for task in dropped:
+            task.cancel()
+        others = [t for t in self._calls if t is not me]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+        return len(dropped)
 
     async def serve(self, transport: Transport, name: str = "client") -> None:
         """Serve one connection until it closes; cancels its in-flight calls then."""
@@ -64,6 +86,7 @@ class Server:
             task = asyncio.get_running_loop().create_task(self._dispatch(conn, frame))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda t: self._calls.pop(t, None))
 
         conn = Connection(transport, on_frame, name)
         try:

@@ -105,6 +105,17 @@ class GuestVolume:
 
 
 @dataclass
+class GuestFile:
+    """A file bind's content, copied into the guest instead of shared (block rootfs
+    mode: a VM with nothing mounted from the host can be checkpointed). The agent
+    writes it at ``path`` (under /run/cocoon/files/) with ``mode``."""
+
+    path: str
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass
 class CreateContainerRequest:
     container_id: str
     spec: dict[str, Any]  # the OCI config.json; the agent rewrites root.path
@@ -124,6 +135,10 @@ class CreateContainerRequest:
     # Join exactly pod_namespaces (a container of another CLI invocation in this VM:
     # docker's --ipc container:A), not the pod's IPC and UTS ones besides.
     pod_exact: bool = False
+    # File binds carried by value (GuestFile), and the host share to mount first if
+    # the container has binds left (block rootfs mode mounts it only when needed).
+    files: list[GuestFile] = field(default_factory=list)
+    share: Storage | None = None
 
 
 @dataclass
@@ -292,6 +307,30 @@ class UpdateNetworkRequest:
     timeout: float = 10.0  # how long to wait for hot-plugged NICs to appear
 
 
+@dataclass
+class DetachRequest:
+    """Quiesce the host link before the VM is saved: the agent drops its in-flight long
+    polls (WaitProcess, ReadStdout/ReadStderr: the host asks again after the save or
+    after a restore), waits for its other calls to answer, and, with ``release_share``,
+    unmounts the host share (QEMU refuses to migrate a VM with 9p mounted)."""
+
+    release_share: bool = False
+
+
+@dataclass
+class DetachResponse:
+    dropped: int = 0  # long polls dropped
+    share_released: bool = False
+
+
+@dataclass
+class RenameContainerRequest:
+    """A restored container under another ID (podman restore --import --name)."""
+
+    old_id: str
+    new_id: str
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Check": (Empty, CheckResponse),
     "CreateSandbox": (CreateSandboxRequest, Empty),
@@ -316,4 +355,6 @@ METHODS: dict[str, tuple[type, type]] = {
     "UpdateNetwork": (UpdateNetworkRequest, Empty),
     "ReadClock": (Empty, ReadClockResponse),
     "AdjustClock": (AdjustClockRequest, Empty),
+    "Detach": (DetachRequest, DetachResponse),
+    "RenameContainer": (RenameContainerRequest, Empty),
 }

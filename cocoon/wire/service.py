@@ -121,6 +121,20 @@ class AttachNetworkRequest:
     netns: str
 
 
+@dataclass
+class CheckpointRequest:
+    """Save the whole sandbox (cocoon.service.snapshot) into ``image_path``."""
+
+    container_id: str
+    image_path: str
+    leave_running: bool = False
+
+
+@dataclass
+class CheckpointResponse:
+    stats: dict[str, Any] = field(default_factory=dict)  # sizes and times
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Create": (CreateRequest, CreateResponse),
     # A container of another CLI invocation into this sandbox (cocoon.service.membership).
@@ -140,4 +154,7 @@ METHODS: dict[str, tuple[type, type]] = {
     "Ps": (ContainerRef, PsResponse),
     "Stats": (ContainerRef, agent.StatsResponse),
     "AttachNetwork": (AttachNetworkRequest, Empty),
+    "Checkpoint": (CheckpointRequest, CheckpointResponse),
+    # A restored sandbox's service: wait for the load, then the container is running.
+    "Restored": (ContainerRef, CreateResponse),
 }

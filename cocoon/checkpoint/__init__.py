@@ -1,0 +1,1 @@
+"""Checkpoint and restore of a whole sandbox VM (QEMU's migration stream + disks)."""

@@ -1,0 +1,194 @@
+"""What a checkpoint image holds, and the checks a restore makes before it starts anything.
+
+A checkpoint is the whole sandbox VM: RAM and device state (QEMU's migration
+stream), each container's disks, and this manifest, which says how to rebuild a
+QEMU the stream fits (the boot shape, then every hot-plugged device at its
+address) and who the containers are. Everything here is plain data: computed,
+compared and tested without a VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocoon.errors import InvalidArgument
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+STATE = "vm.state.gz"  # QEMU's migration stream, gzip
+DISKS = "disks"
+
+
+@dataclass
+class NicImage:
+    netdev_id: str
+    device_id: str
+    mac: str
+    addr: str  # PCI slot on bus 0
+
+
+@dataclass
+class DiskImage:
+    """One virtio-blk disk of a container: its file in the image dir's ``disks/``."""
+
+    node: str
+    serial: str
+    file: str  # a name in disks/
+    readonly: bool
+    addr: str
+
+
+@dataclass
+class ContainerImage:
+    id: str
+    bundle: str
+    status: str  # running | paused | created | stopped
+    terminal: bool
+    annotations: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)
+    image: DiskImage | None = None  # the rootfs image (read-only)
+    scratch: DiskImage | None = None  # the guest-written scratch disk
+    execs: list[str] = field(default_factory=list)  # exec'd processes still running
+
+
+@dataclass
+class Manifest:
+    format: int
+    created: str
+    cocoon_version: str
+    qemu_version: str
+    accel: str
+    assets_key: str
+    cpu: str  # QEMU's -cpu argument
+    machine: str
+    settings: dict[str, Any]
+    boot_vcpus: int  # -smp and -m as QEMU was started (a template clone: the template's)
+    boot_memory_mib: int
+    memory_object: bool  # guest RAM in a "mem" backend object (a template clone)
+    cpus: list[dict[str, Any]] = field(default_factory=list)  # hot-plugged, in order
+    dimms: list[tuple[str, int, int]] = field(default_factory=list)  # (id, bytes, addr)
+    nics: list[NicImage] = field(default_factory=list)
+    guest_network: dict[str, Any] = field(default_factory=dict)  # UpdateNetworkRequest
+    containers: list[ContainerImage] = field(default_factory=list)
+    disk_index: int = 0
+    vcpus: int = 0  # online at checkpoint
+    memory_mib: int = 0
+    netns: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)  # sizes and times, for people
+
+    def files(self) -> list[str]:
+        """Every file the image dir must hold, relative to it."""
+        out = [MANIFEST, STATE]
+        for c in self.containers:
+            for d in (c.image, c.scratch):
+                if d is not None:
+                    out.append(f"{DISKS}/{d.file}")
+        return out
+
+
+def save(directory: Path, manifest: Manifest) -> None:
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(asdict(manifest), indent=1))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def load(directory: Path) -> Manifest:
+    """Read and check an image dir's manifest; InvalidArgument names what is wrong
+    (no manifest, another format, a missing file), before anything starts."""
+    path = directory / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"{directory} is not a Cocoon checkpoint: no {MANIFEST}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"checkpoint manifest {path} is unreadable", exc) from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else None
+        raise InvalidArgument(f"checkpoint {directory}: format {got!r}, this Cocoon reads {FORMAT}")
+    try:
+        manifest = _from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"checkpoint manifest {path} is malformed: {exc}") from exc
+    for rel in manifest.files():
+        if not (directory / rel).is_file():
+            raise InvalidArgument(f"checkpoint {directory} is incomplete: {rel} is missing")
+    return manifest
+
+
+def _disk(raw: dict[str, Any] | None) -> DiskImage | None:
+    return DiskImage(**raw) if raw else None
+
+
+def _from_dict(raw: dict[str, Any]) -> Manifest:
+    data = dict(raw)
+    data["nics"] = [NicImage(**n) for n in raw.get("nics", [])]
+    data["dimms"] = [tuple(d) for d in raw.get("dimms", [])]
+    containers = []
+    for c in raw.get("containers", []):
+        c = dict(c)
+        c["image"], c["scratch"] = _disk(c.get("image")), _disk(c.get("scratch"))
+        containers.append(ContainerImage(**c))
+    data["containers"] = containers
+    known = set(Manifest.__dataclass_fields__)
+    return Manifest(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the restoring host offers, compared with what the checkpoint needs."""
+
+    qemu_version: str
+    accel: str
+    assets_key: str
+    cpu: str
+    machine: str
+
+
+def mismatch(manifest: Manifest, host: Host) -> str:
+    """Why ``manifest`` cannot be restored on ``host`` ("" if it can): the VM's
+    device state only fits the same QEMU, guest kernel and CPU model."""
+    checks = [
+        ("QEMU", manifest.qemu_version, host.qemu_version),
+        ("accelerator", manifest.accel, host.accel),
+        ("guest assets", manifest.assets_key[:16], host.assets_key[:16]),
+        ("CPU model", manifest.cpu, host.cpu),
+        ("machine type", manifest.machine, host.machine),
+    ]
+    for what, saved, here in checks:
+        if saved != here:
+            return (
+                f"the checkpoint was made with {what} {saved or '?'}, this host has {here or '?'}"
+            )
+    return ""
+
+
+def refusal(settings: dict[str, Any], containers: list[dict[str, Any]], shared_vm: bool) -> str:
+    """Why a sandbox cannot be checkpointed as it is ("" if it can), naming the first
+    obstacle. ``containers``: id, rootfs_block, host_binds, host_devices, status."""
+    if settings.get("shared_fs") == "virtiofs":
+        return "virtio-fs cannot be migrated by QEMU 7.2: use shared_fs = virtio-9p"
+    if settings.get("machine") != "pc":
+        return f"machine type {settings.get('machine')} cannot be checkpointed: use pc"
+    if shared_vm:
+        return "the VM is shared with other containers: check the pod point as a whole"
+    for c in containers:
+        if c.get("status", "running") not in ("running", "paused"):
+            return f"container {c['id']!r} is {c['status']}: only a running one can be saved"
+        if c.get("host_binds"):
+            return (
+                f"container {c['id']!r} mounts host directory {c['host_binds'][0]}: a live host"
+                " share cannot be checkpointed (files are copied, directories are not)"
+            )
+        if not c.get("rootfs_block"):
+            return (
+                f"container {c['id']!r} has its rootfs shared from the host: checkpoint needs"
+                " rootfs_mode = block (annotation io.cocoon.config.runtime.rootfs_mode=block)"
+            )
+        if c.get("host_devices"):
+            return f"container {c['id']!r} uses host block devices: they cannot be checkpointed"
+    return ""

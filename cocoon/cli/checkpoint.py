@@ -1,0 +1,254 @@
+"""``checkpoint`` and ``restore``: runc's verbs, done by saving and loading the whole VM.
+
+No CRIU: the sandbox service saves the VM's RAM and devices and the container's
+disks (cocoon.service.snapshot); every process, connection, pipe and timer of
+the guest continues where it stopped. CRIU's options are accepted and logged.
+A restore checks the image (complete, same QEMU, guest assets, CPU model)
+before it creates anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from cocoon.cli.common import paths_for
+from cocoon.cli.lock import container_lock, drop_if_unused, remove_lock
+from cocoon.cli.output import Reporter
+from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument
+from cocoon.service.persist import SandboxPaths
+
+_CRIU_ONLY = (
+    "tcp_established",
+    "ext_unix_sk",
+    "shell_job",
+    "file_locks",
+    "auto_dedup",
+    "manage_cgroups_mode",
+    "empty_ns",
+    "status_fd",
+    "page_server",
+    "parent_path",
+    "no_subreaper",
+    "lsm_profile",
+    "lsm_mount_context",
+)
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    given = [f"--{k.replace('_', '-')}" for k in _CRIU_ONLY if getattr(args, k, None)]
+    if given:
+        reporter.debug(f"accepted, nothing to do in a VM: {' '.join(given)}")
+    if getattr(args, "lazy_pages", False) or getattr(args, "pre_dump", False):
+        raise InvalidArgument("--lazy-pages and --pre-dump are not supported: a VM is saved whole")
+    if args.verb == "checkpoint":
+        return checkpoint(args, reporter)
+    return restore(args, reporter)
+
+
+def image_dir(args: argparse.Namespace) -> Path:
+    """runc's default: ``checkpoint`` under the current directory."""
+    return Path(args.image_path or "checkpoint").absolute()
+
+
+def checkpoint(args: argparse.Namespace, reporter: Reporter) -> int:
+    from cocoon.service import quick
+
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id):
+        if paths.is_member:
+            raise FailedPrecondition(
+                f"container {paths.id!r} shares the VM of {paths.home!r}: a pod is "
+                "checkpointed whole, not by member"
+            )
+        if not paths.state.is_file():
+            from cocoon.errors import NotFound
+
+            raise NotFound(f"container {paths.id!r} does not exist")
+        resp = quick.call(
+            paths,
+            "Checkpoint",
+            timeout=900,
+            container_id=paths.id,
+            image_path=str(image_dir(args)),
+            leave_running=bool(args.leave_running),
+        )
+        stats = resp.get("stats") or {}
+        reporter.debug("checkpoint " + " ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def host_qemu_version(qemu: str) -> str:
+    """``7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)``, as QMP's query-version reads."""
+    try:
+        out = subprocess.run(
+            [qemu, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError as exc:
+        raise InvalidArgument(f"cannot run QEMU {qemu}", exc) from exc
+    m = re.search(r"version (\S+)\s*(.*)", out.splitlines()[0] if out else "")
+    return normalise_version(f"{m.group(1)} {m.group(2)}") if m else ""
+
+
+def normalise_version(text: str) -> str:
+    """``--version`` says ``(Debian ...)``, QMP ``Debian ...``: compare words only."""
+    return " ".join(text.replace("(", " ").replace(")", " ").split())
+
+
+def restore(args: argparse.Namespace, reporter: Reporter) -> int:
+    from cocoon.checkpoint import manifest as mf
+
+    directory = image_dir(args)
+    saved = mf.load(directory)  # complete and readable, or one line and nothing made
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id, must_exist=False):
+        try:
+            paths, bundle = _prepare(args, reporter, saved, directory)
+        except BaseException:
+            drop_if_unused(paths.root, paths.id)
+            raise
+        try:
+            for warning in _wait_restored(paths):
+                reporter.warn(warning)
+            if args.detach:
+                _detached(args, reporter, paths, bundle)
+                return 0
+        except BaseException:
+            from cocoon.cli.create import _destroy
+
+            _destroy(paths)
+            remove_lock(paths.root, paths.id)
+            raise
+    return _foreground(args, reporter, paths, bundle)
+
+
+def _prepare(
+    args: argparse.Namespace, reporter: Reporter, saved: object, directory: Path
+) -> tuple[SandboxPaths, Path]:
+    """The state dir of the restored sandbox, with the checkpoint's settings, after the
+    host is checked against the checkpoint; then its service, loading the image."""
+    from cocoon.checkpoint import manifest as mf
+    from cocoon.cli.common import prepare_sandbox
+    from cocoon.cli.create import _check_terminal_for, _destroy
+    from cocoon.config.settings import Settings
+    from cocoon.service import persist
+    from cocoon.service.launch import spawn_service
+
+    assert isinstance(saved, mf.Manifest)
+    paths, bundle = prepare_sandbox(args, reporter, _check_terminal_for(args, args.detach))
+    try:
+        st = persist.load(paths)
+        settings = Settings.from_dict(saved.settings)
+        host = mf.Host(
+            qemu_version=host_qemu_version(settings.qemu),
+            accel=st.accel,
+            assets_key=st.assets.get("key", ""),
+            cpu=_host_cpu(settings, st, paths),
+            machine=settings.machine,
+        )
+        saved.qemu_version = normalise_version(saved.qemu_version)
+        why = mf.mismatch(saved, host)
+        if why:
+            raise FailedPrecondition(f"cannot restore {directory}: {why}")
+        st.settings = saved.settings
+        st.restore = str(directory)
+        persist.save(paths, st)
+        spawn_service(paths, args.debug)
+    except BaseException:
+        _destroy(paths)
+        raise
+    return paths, bundle
+
+
+def _host_cpu(settings: object, st: object, paths: object) -> str:
+    """The -cpu argument this host would give the checkpoint's VM."""
+    from cocoon.assets import GuestAssets
+    from cocoon.config.settings import Settings
+    from cocoon.hypervisor.cmdline import build_argv
+    from cocoon.hypervisor.plan import vm_plan
+    from cocoon.service import persist
+    from cocoon.service.snapshot import cpu_arg
+
+    assert isinstance(settings, Settings) and isinstance(st, persist.SandboxState)
+    assert isinstance(paths, persist.SandboxPaths)
+    assets = GuestAssets(
+        Path(st.assets["kernel"]), Path(st.assets["initrd"]), Path(st.assets["image"]), "", ""
+    )
+    plan = vm_plan(
+        settings,
+        assets,
+        st.accel or "tcg",
+        qmp_socket=paths.qmp_sock,
+        agent_socket=paths.agent_sock,
+        console_log=paths.console_log,
+        share=None,
+        debug_socket=None,
+    )
+    return cpu_arg(build_argv(plan))
+
+
+def _wait_restored(paths: object) -> list[str]:
+    from cocoon.service import quick
+    from cocoon.service.persist import SandboxPaths
+
+    assert isinstance(paths, SandboxPaths)
+    resp = quick.call(paths, "Restored", timeout=900, container_id=paths.id)
+    return list(resp.get("warnings") or [])
+
+
+def _detached(args: argparse.Namespace, reporter: Reporter, paths: object, bundle: Path) -> None:
+    """The stub standing for the restored init (as after create), then its pid file."""
+    from cocoon.cli import stub
+    from cocoon.cli.create import joined_netns, record_stub, wants_new_netns, write_pid_file
+    from cocoon.oci.spec import load_bundle
+    from cocoon.service.persist import SandboxPaths
+
+    assert isinstance(paths, SandboxPaths)
+    spec = load_bundle(str(bundle)).spec
+    pid = stub.spawn(
+        paths,
+        paths.id,
+        "",
+        args.console_socket,
+        args.log,
+        args.log_format,
+        new_netns=wants_new_netns(spec),
+        netns_path=joined_netns(spec),
+    )
+    stub.register(paths, "", pid)
+    record_stub(paths, pid)
+    write_pid_file(args.pid_file, pid)
+
+
+def _foreground(args: argparse.Namespace, reporter: Reporter, paths: object, bundle: Path) -> int:
+    """``restore`` without ``--detach``: this process stands for the container and
+    exits with its status (as ``run``)."""
+    from cocoon.cli.create import _destroy, write_pid_file
+    from cocoon.service.client import ServiceClient, dup_stdio, send_stdio
+    from cocoon.service.persist import SandboxPaths
+
+    assert isinstance(paths, SandboxPaths)
+
+    async def wait() -> int:
+        client = await ServiceClient.connect(paths)
+        try:
+            send_stdio(paths, paths.id, "", dup_stdio())
+            await client.register_process(paths.id, "", os.getpid())
+            write_pid_file(args.pid_file, os.getpid())
+            resp = await client.wait(paths.id)
+            if resp.error:
+                raise CocoonError(resp.error)
+            return resp.status
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(wait())
+    finally:
+        with container_lock(paths.root, paths.id):
+            _destroy(paths)
+            remove_lock(paths.root, paths.id)
