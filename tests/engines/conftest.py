@@ -12,7 +12,9 @@ Fixtures
 ``engine_images`` the busybox image (:class:`tests.engines.images.Images`), built once.
 ``podman``       :class:`Podman`, with the image loaded.
 ``containerd``   :class:`Containerd`, with the image imported into a unique namespace.
-``dockerd``      :class:`Dockerd` (uses the private containerd), with the image loaded.
+``dockerd``      :class:`Dockerd` (uses the private containerd), with the image loaded;
+                 experimental (checkpoint/restore), runtimes ``runcx``, ``cocoon`` and
+                 ``cocoon-block`` (Cocoon with a block rootfs: checkpointable).
 ``cname``        a factory of unique container names; whatever a test leaves behind is
                  force-removed after the test (and reported as a leak).
 ``spawn_pty``    a factory of :class:`PtySession` (a command under a fresh pty).
@@ -251,7 +253,10 @@ class Containerd(Engine):
         self.log = base / "containerd.log"
         self.namespace = namespace
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env: dict[str, str] | None = None
+        # containerd 1.6 makes its checkpoint dirs (ctd-checkpoint*, ctrd-checkpoint*) in
+        # $XDG_RUNTIME_DIR, else /tmp, and never removes the restore one: keep them private.
+        self.xdg = base / "xdg"
+        self.env: dict[str, str] | None = {**os.environ, "XDG_RUNTIME_DIR": str(self.xdg)}
 
     def write_config(self) -> None:
         b = self.base
@@ -275,6 +280,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     def start(self) -> None:
         self.base.mkdir(parents=True)
+        self.xdg.mkdir(mode=0o700)
         self.write_config()
         self.proc = spawn_daemon([CONTAINERD, "--config", str(self.config)], self.log, self.env)
 
@@ -354,7 +360,8 @@ class ShimContainerd(Containerd):
 
     def __init__(self, base: Path, namespace: str) -> None:
         super().__init__(base, namespace)
-        self.env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+        assert self.env is not None
+        self.env["PATH"] = f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"
         self.node = f"cocoon-node-{uuid.uuid4().hex[:6]}"
 
     def start(self) -> None:
@@ -516,6 +523,7 @@ class Dockerd(Engine):
     name = "docker"
 
     RUNTIME_NAMES = {COCOON: "cocoon", RUNC: "runcx"}
+    COCOON_BLOCK = "cocoon-block"  # Cocoon with [runtime] rootfs_mode = "block"
 
     def __init__(self, base: Path, ctrd: Containerd, namespace: str) -> None:
         self.base = base
@@ -533,6 +541,8 @@ class Dockerd(Engine):
     def start(self, images: Images) -> None:
         self.base.mkdir(parents=True)
         self.client_config.mkdir()
+        block = self.base / "cocoon-block.toml"
+        block.write_text('[runtime]\nrootfs_mode = "block"\n')
         cfg = {
             "data-root": str(self.data),
             "exec-root": str(self.exec_root),
@@ -547,9 +557,15 @@ class Dockerd(Engine):
             "ip-masq": False,
             "bridge": "none",
             "storage-driver": "overlay2",
+            # `docker checkpoint create` and `docker start --checkpoint` (20.10: experimental).
+            "experimental": True,
             "runtimes": {
                 self.RUNTIME_NAMES[COCOON]: {"path": COCOON},
                 self.RUNTIME_NAMES[RUNC]: {"path": RUNC},
+                # docker 20.10 has no --annotation: a checkpointable (block rootfs) Cocoon is
+                # a runtime of its own, with a config file (dockerd wraps runtimeArgs in a
+                # script under <data-root>/runtimes/).
+                self.COCOON_BLOCK: {"path": COCOON, "runtimeArgs": ["--config", str(block)]},
             },
         }
         self.config.write_text(json.dumps(cfg, indent=2))
