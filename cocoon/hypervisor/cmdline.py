@@ -88,6 +88,9 @@ class VMPlan:
     memory_file: Path | None = None
     memory_shared: bool = False
     incoming: bool = False
+    # ``-S``: stay paused after the incoming migration until QMP ``cont`` (a live
+    # migration's destination: its disk export is stopped, its network moved first).
+    start_paused: bool = False
     nics: tuple[NicArg, ...] = ()
     # Extra flags of the emulated CPU (TCG); part of the argv, so of a template's key.
     cpu_features: tuple[str, ...] = field(default_factory=host_cpu_features)
@@ -248,6 +251,8 @@ def build_argv(plan: VMPlan) -> list[str]:
             f"memory-backend-file,id=mem,size={plan.memory_mib}M,"
             f"mem-path={plan.memory_file},share={share}",
         ]
+    if plan.start_paused:
+        argv += ["-S"]
     if plan.incoming:
         argv += ["-incoming", "defer"]
     # Pod NICs: a tap fd from the pod's namespace, the guest NIC with the pod
