@@ -137,9 +137,11 @@ def client_args(node: str) -> dict[str, Any]:
 def mirror_args(node: str, tuning: Tuning) -> dict[str, Any]:
     """``blockdev-mirror`` of ``node`` into its NBD client.
 
-    ``target-is-zero``: the destination's disk is a new sparse file, so only
-    what the guest wrote is copied (QEMU would otherwise write zeroes over the
-    whole 16 GiB scratch disk). Not auto-dismissed: its end state is checked.
+    QEMU 7.2's blockdev-mirror has no ``target-is-zero`` ("Parameter
+    'target-is-zero' is unexpected"; drive-mirror only): the holes of a sparse
+    scratch disk go as NBD write-zeroes, cheap (16 GiB: ready in under 2 s under
+    TCG) and leaving holes in the destination's file (measured: it takes only
+    what the guest wrote). Not auto-dismissed: its end state is checked.
     """
     return {
         "job-id": mirror_job(node),
