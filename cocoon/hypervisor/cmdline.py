@@ -91,6 +91,9 @@ class VMPlan:
     # Guest RAM from a plain ``memory-backend-ram`` object named ``mem``: a restore of a
     # template clone (its RAM block is "mem", not "pc.ram") without the template file.
     memory_ram_object: bool = False
+    # ``-S``: stay paused after the incoming migration until QMP ``cont`` (a live
+    # migration's destination: its disk export is stopped, its network moved first).
+    start_paused: bool = False
     nics: tuple[NicArg, ...] = ()
     # Extra flags of the emulated CPU (TCG); part of the argv, so of a template's key.
     cpu_features: tuple[str, ...] = field(default_factory=host_cpu_features)
@@ -257,6 +260,8 @@ def build_argv(plan: VMPlan) -> list[str]:
         ]
     elif plan.memory_ram_object:
         argv += ["-object", f"memory-backend-ram,id=mem,size={plan.memory_mib}M"]
+    if plan.start_paused:
+        argv += ["-S"]
     if plan.incoming:
         argv += ["-incoming", "defer"]
     # Pod NICs: a tap fd from the pod's namespace, the guest NIC with the pod

@@ -75,7 +75,7 @@ def _status(env: Env, cid: str) -> str:
 
 
 def test_checkpoint_and_restore_continue_the_counter_and_the_connection(
-    env: Env, pod: Pod
+    env: Env, pod: Pod  # noqa: F811 - the fixture
 ) -> None:
     bundle = _writable(env.bundle(["/bin/sh", "-c", COUNTER]))
     write_spec(bundle, [{"type": "network", "path": pod.path}])

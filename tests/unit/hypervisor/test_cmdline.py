@@ -180,3 +180,9 @@ def test_qemu_runs_under_its_seccomp_sandbox() -> None:
         p = pairs(build_argv(plan(share=share)))
         sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         assert ("-sandbox", sandbox) in p
+
+
+def test_a_migration_destination_can_start_paused() -> None:
+    argv = build_argv(plan(incoming=True, start_paused=True))
+    assert argv[-3:] == ["-S", "-incoming", "defer"]
+    assert "-S" not in build_argv(plan(incoming=True))
