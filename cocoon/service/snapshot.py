@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ from cocoon.resources.sizing import Workload
 from cocoon.storage import blockroot
 
 if TYPE_CHECKING:
+    from cocoon.hypervisor.qemu import QemuVM
+    from cocoon.service.disks import ContainerDisks
     from cocoon.service.sandbox import ContainerRecord, Sandbox
 
 log = logging.getLogger("cocoon.snapshot")
@@ -219,15 +222,50 @@ async def _save_container(
 
 
 # -- restore -------------------------------------------------------------------------
+DiskSource = Callable[[mf.DiskImage, Path], Awaitable[None]]
+Records = list[tuple[mf.ContainerImage, "ContainerDisks"]]
+
+
 async def restore(sb: Sandbox, directory: Path, cid: str, bundle: Path) -> None:
     """The boot of a restored sandbox (Sandbox._boot's other path); raises CocoonError
     with nothing left running."""
+    manifest = mf.load(directory)
+
+    async def unpack(packed: mf.DiskImage, path: Path) -> None:
+        try:
+            await asyncio.to_thread(image.unpack_disk, directory / mf.DISKS / packed.file, path)
+        except ValueError as exc:
+            raise InvalidArgument(f"checkpoint {directory}: {exc}") from exc
+
+    vm, records = await incoming_vm(sb, manifest, unpack)
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pump = image.decompress_into(directory / mf.STATE, w)
+        try:
+            await vm.load_from(r)
+        finally:
+            os.close(r)
+        await asyncio.to_thread(pump.join, 120)
+        sb._mark("restored")
+        await vm.execute("cont")
+    except BaseException:
+        await abandon(vm, records)
+        raise
+    await resumed(sb, manifest, records, cid, bundle)
+
+
+async def incoming_vm(
+    sb: Sandbox, manifest: mf.Manifest, disk_source: DiskSource, start_paused: bool = False
+) -> tuple[QemuVM, Records]:
+    """A QEMU of the checkpoint's shape waiting for its state (``-incoming defer``),
+    with every device of the manifest at its address: vCPUs, DIMMs, the NICs on this
+    sandbox's namespace, and each container's disks (``disk_source`` writes a disk's
+    file). Raises CocoonError with nothing left running. ``start_paused``: ``-S`` (a
+    live migration's destination stays paused once the stream is in)."""
     from cocoon.hypervisor.qemu import QemuVM
     from cocoon.network.pod import PodNetwork
-    from cocoon.service.clocksync import sync_once
     from cocoon.service.disks import ContainerDisks
 
-    manifest = mf.load(directory)
     if len(manifest.containers) != 1:
         raise FailedPrecondition("a checkpoint of several containers is restored as a pod")
     sb.share.setup()
@@ -239,12 +277,13 @@ async def restore(sb: Sandbox, directory: Path, cid: str, bundle: Path) -> None:
         memory_mib=manifest.boot_memory_mib,
         memory_ram_object=manifest.memory_object,
         incoming=True,
+        start_paused=start_paused,
     )
     for sock in (plan.qmp_socket, plan.agent_socket, plan.debug_socket):
         if sock is not None:
             sock.unlink(missing_ok=True)
     sb.vm = vm = QemuVM(plan, sb.paths.qemu_log, sb._jail_dir())
-    records: list[tuple[mf.ContainerImage, ContainerDisks]] = []
+    records: Records = []
     try:
         await vm.start()
         sb._mark("qemu_started")
@@ -273,33 +312,36 @@ async def restore(sb: Sandbox, directory: Path, cid: str, bundle: Path) -> None:
             records.append((saved, disks))
             if saved.image is not None and saved.scratch is not None:
                 disks.rootfs = _rootfs(disks_dir, saved.image, saved.scratch)
-                src = directory / mf.DISKS
-                for packed, disk in (
-                    (saved.image, disks.rootfs.image),
-                    (saved.scratch, disks.rootfs.scratch),
-                ):
-                    try:
-                        await asyncio.to_thread(image.unpack_disk, src / packed.file, disk.path)
-                    except ValueError as exc:
-                        raise InvalidArgument(f"checkpoint {directory}: {exc}") from exc
+                await disk_source(saved.image, disks.rootfs.image.path)
+                await disk_source(saved.scratch, disks.rootfs.scratch.path)
                 await disks.plug(vm, disks.rootfs.image, saved.image.addr)
                 await disks.plug(vm, disks.rootfs.scratch, saved.scratch.addr)
         sb._mark("devices_ready")
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pump = image.decompress_into(directory / mf.STATE, w)
-        try:
-            await vm.load_from(r)
-        finally:
-            os.close(r)
-        await asyncio.to_thread(pump.join, 120)
-        sb._mark("restored")
-        await vm.execute("cont")
-        asyncio.get_running_loop().create_task(sb._watch_vm())
+    except BaseException:
+        await abandon(vm, records)
+        raise
+    return vm, records
+
+
+async def abandon(vm: QemuVM, records: Records) -> None:
+    """Undo :func:`incoming_vm`: the VM killed, the disk files removed."""
+    await vm.kill()
+    for _, disks in records:
+        await disks.remove(None)
+
+
+async def resumed(
+    sb: Sandbox, manifest: mf.Manifest, records: Records, cid: str, bundle: Path
+) -> None:
+    """After the VM continues: the agent, the clock, the network, the records."""
+    from cocoon.service.clocksync import sync_once
+
+    assert sb.vm is not None and sb.network is not None
+    asyncio.get_running_loop().create_task(sb._watch_vm())
+    try:
         sb.agent = await sb._connect_agent(sb.settings.agent_timeout)
     except BaseException:
-        await vm.kill()
-        for _, disks in records:
-            await disks.remove(None)
+        await abandon(sb.vm, records)
         raise
     agent = sb.agent
     sb._mark("agent_ready")
@@ -330,13 +372,12 @@ def _rootfs(disks_dir: Path, img: mf.DiskImage, scr: mf.DiskImage) -> blockroot.
 
 
 async def _rebuild(
-    sb: Sandbox, saved: mf.ContainerImage, disks: object, cid: str, bundle: Path
+    sb: Sandbox, saved: mf.ContainerImage, disks: ContainerDisks, cid: str, bundle: Path
 ) -> None:
     from cocoon.oci.spec import load_bundle
-    from cocoon.service.disks import ContainerDisks
     from cocoon.service.sandbox import ContainerRecord
 
-    assert sb.agent is not None and isinstance(disks, ContainerDisks)
+    assert sb.agent is not None
     if saved.id != cid:
         await sb.agent.rename_container(saved.id, cid)
     for exec_id in saved.execs:  # their host stand-ins are gone with the old service

@@ -19,8 +19,7 @@ from tests.e2e.test_network import POD_IP, Pod, pod, write_spec  # noqa: F401 - 
 
 BLOCK = {"COCOON_ROOTFS_MODE": "block"}
 COUNTER = (
-    "nc -ll -p 7007 -e /bin/cat & "
-    "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done"
+    "nc -ll -p 7007 -e /bin/cat & " "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done"
 )
 # One connection, held: each line from the test is sent and its echo printed.
 CLIENT = (
@@ -75,7 +74,8 @@ def _status(env: Env, cid: str) -> str:
 
 
 def test_checkpoint_and_restore_continue_the_counter_and_the_connection(
-    env: Env, pod: Pod  # noqa: F811 - the fixture
+    env: Env,
+    pod: Pod,  # noqa: F811 - the fixture
 ) -> None:
     bundle = _writable(env.bundle(["/bin/sh", "-c", COUNTER]))
     write_spec(bundle, [{"type": "network", "path": pod.path}])
