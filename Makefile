@@ -39,3 +39,4 @@ bench: setup
 	.venv/bin/python bench/shim.py
 	.venv/bin/python bench/volumes.py
 	.venv/bin/python bench/join.py
+	.venv/bin/python bench/checkpoint.py

@@ -42,13 +42,18 @@ class Pump:
             raise self.error
 
 
+def _create(path: Path) -> int:
+    """A new image file, 0600 whatever the umask: it holds the guest's memory."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+
 def compress_from(read_fd: int, path: Path) -> Pump:
     """Read the pipe ``read_fd`` to its end (then close it), writing gzip to ``path``."""
 
     def run(pump: Pump) -> None:
         comp = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
         try:
-            with open(path, "wb") as out:
+            with open(_create(path), "wb") as out:
                 while chunk := os.read(read_fd, CHUNK):
                     pump.bytes_in += len(chunk)
                     out.write(comp.compress(chunk))
@@ -102,7 +107,7 @@ def pack_disk(src: Path, dst: Path) -> int:
     comp = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
     fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with open(dst, "wb") as out:
+        with open(_create(dst), "wb") as out:
             size = os.fstat(fin).st_size
             for start, end in _extents(fin, size):
                 out.write(

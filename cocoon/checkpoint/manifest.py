@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,83 @@ def load(directory: Path) -> Manifest:
         manifest = _from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArgument(f"checkpoint manifest {path} is malformed: {exc}") from exc
+    why = invalid(manifest)
+    if why:
+        raise InvalidArgument(f"checkpoint manifest {path}: {why}")
     for rel in manifest.files():
         if not (directory / rel).is_file():
             raise InvalidArgument(f"checkpoint {directory} is incomplete: {rel} is missing")
     return manifest
+
+
+# What the fields that reach QMP, the guest and the file system may look like: the
+# image dir is the user's input, so a manifest must not name a file outside it or
+# inject QMP arguments.
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_FILE = re.compile(r"^[0-9]{1,6}\.(erofs|scratch)\.gz$")
+_ADDR = re.compile(r"^(0x[0-9a-f]{1,2}(\.[0-7])?)?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_CPU_DRIVER = re.compile(r"^[a-z0-9-]{1,40}-x86_64-cpu$")
+_CPU_ID = re.compile(r"^cpu(-[0-9]{1,4}){3}$")
+_DIMM = re.compile(r"^dimm[0-9]{1,3}$")
+
+
+def invalid(m: Manifest) -> str:
+    """What in ``m`` is not what Cocoon writes ("" if all of it is)."""
+    from cocoon.oci.ids import validate_id
+
+    for n in m.nics:
+        if not (_NAME.match(n.netdev_id) and _NAME.match(n.device_id)):
+            return f"NIC ids {n.netdev_id!r}/{n.device_id!r} are malformed"
+        if not _MAC.match(n.mac) or not _ADDR.match(n.addr):
+            return f"NIC {n.device_id}: MAC {n.mac!r} or address {n.addr!r} is malformed"
+    for props in m.cpus:
+        if not (
+            _CPU_DRIVER.match(str(props.get("driver"))) and _CPU_ID.match(str(props.get("id")))
+        ):
+            return f"vCPU {props.get('id')!r} is malformed"
+        extra = {k: v for k, v in props.items() if k not in ("driver", "id")}
+        if not all(k.endswith("-id") and isinstance(v, int) for k, v in extra.items()):
+            return f"vCPU {props.get('id')!r} has unexpected properties"
+    for dimm_id, size, addr in m.dimms:
+        if not _DIMM.match(str(dimm_id)) or not (isinstance(size, int) and isinstance(addr, int)):
+            return f"DIMM {dimm_id!r} is malformed"
+    for c in m.containers:
+        try:
+            validate_id(c.id)
+        except InvalidArgument as exc:
+            return str(exc)
+        for d in (c.image, c.scratch):
+            if d is None:
+                continue
+            if not (_NAME.match(d.node) and _NAME.match(d.serial) and _FILE.match(d.file)):
+                return f"disk {d.node!r} ({d.file!r}) is malformed"
+            if not _ADDR.match(d.addr):
+                return f"disk {d.node}: address {d.addr!r} is malformed"
+    if not (0 < m.boot_vcpus <= 1024 and 0 < m.boot_memory_mib <= 1 << 22):
+        return "the VM's size is malformed"
+    return ""
+
+
+# Settings a checkpoint may not carry to another host: binaries and dirs are the
+# restoring host's own (a manifest must never name a host binary), as are the
+# service's own limits.
+LOCAL_SETTINGS = (
+    "qemu",
+    "virtiofsd",
+    "template",
+    "template_dir",
+    "max_templates",
+    "max_template_mib",
+    "agent_timeout",
+    "host_overhead_mib",
+    "clock_sync_interval",
+)
+
+
+def restored_settings(saved: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """The VM's settings as checkpointed, with this host's binaries, dirs and limits."""
+    return {**saved, **{k: local[k] for k in LOCAL_SETTINGS if k in local}}
 
 
 def _disk(raw: dict[str, Any] | None) -> DiskImage | None:
@@ -175,7 +249,7 @@ def refusal(settings: dict[str, Any], containers: list[dict[str, Any]], shared_v
     if settings.get("machine") != "pc":
         return f"machine type {settings.get('machine')} cannot be checkpointed: use pc"
     if shared_vm:
-        return "the VM is shared with other containers: check the pod point as a whole"
+        return "its VM is shared with other containers: a pod is checkpointed whole, not by member"
     for c in containers:
         if c.get("status", "running") not in ("running", "paused"):
             return f"container {c['id']!r} is {c['status']}: only a running one can be saved"

@@ -142,7 +142,8 @@ def _prepare(
     paths, bundle = prepare_sandbox(args, reporter, _check_terminal_for(args, args.detach))
     try:
         st = persist.load(paths)
-        settings = Settings.from_dict(saved.settings)
+        merged = mf.restored_settings(saved.settings, st.settings)
+        settings = Settings.from_dict(merged)
         host = mf.Host(
             qemu_version=host_qemu_version(settings.qemu),
             accel=st.accel,
@@ -154,7 +155,7 @@ def _prepare(
         why = mf.mismatch(saved, host)
         if why:
             raise FailedPrecondition(f"cannot restore {directory}: {why}")
-        st.settings = saved.settings
+        st.settings = merged
         st.restore = str(directory)
         persist.save(paths, st)
         spawn_service(paths, args.debug)

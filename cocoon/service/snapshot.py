@@ -82,8 +82,8 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
     vm = sb.vm
     assert vm is not None
     check(sb)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / mf.DISKS).mkdir(exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the guest's memory
+    (directory / mf.DISKS).mkdir(mode=0o700, exist_ok=True)
     for stale in (directory / mf.MANIFEST, directory / mf.STATE):
         stale.unlink(missing_ok=True)
     slots = await vm.pci_slots()

@@ -29,6 +29,7 @@ GUEST_SHARE = "/run/cocoon/shared"
 GUEST_FILES = "/run/cocoon/files"
 # Larger files stay shared: a copy is a snapshot, fine for /etc/hosts, not for data.
 COPY_FILE_MAX = 1 << 20
+COPY_TOTAL_MAX = 2 << 20  # all of a container's copies travel in one agent request
 # Filesystems the guest kernel provides itself; they never cross the share.
 GUEST_LOCAL_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
 # Directories only Cocoon makes (mounts/, shared/, mounts/<cid>/): traversable, not
@@ -281,12 +282,14 @@ class SharedDir:
         kept: list[Bind] = []
         files: list[tuple[str, bytes, int]] = []
         moved: dict[str, str] = {}
+        budget = COPY_TOTAL_MAX
         try:
             for b, tree in zip(binds, trees, strict=True):
                 st = os.fstat(tree)
-                if not stat.S_ISREG(st.st_mode) or st.st_size > COPY_FILE_MAX:
+                if not stat.S_ISREG(st.st_mode) or st.st_size > min(COPY_FILE_MAX, budget):
                     kept.append(b)
                     continue
+                budget -= st.st_size
                 fd = os.open(f"/proc/self/fd/{tree}", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     data = os.read(fd, COPY_FILE_MAX + 1)[:COPY_FILE_MAX]

@@ -172,3 +172,43 @@ def test_checkpoint_refuses_what_it_cannot_save_and_leaves_it_running(env: Env) 
     finally:
         env.run("delete", "--force", "s1")
         env.run("delete", "--force", "s2")
+
+
+def test_a_foreground_restore_relays_the_output_and_exits_with_the_status(env: Env) -> None:
+    bundle = env.bundle(
+        ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+    )
+    r = env.run("run", "--detach", "--bundle", str(bundle), "f1", env=BLOCK, capture=False)
+    assert r.returncode == 0, (env.work / "out.log").read_text()
+    image = env.work / "img"
+    try:
+        time.sleep(3)
+        r = env.run("checkpoint", "--image-path", str(image), "f1")
+        assert r.returncode == 0, r.stderr.decode()
+        assert env.run("delete", "f1").returncode == 0
+        last = max(
+            int(line.split()[1])
+            for line in (env.work / "out.log").read_text().splitlines()
+            if line.startswith("tick ")
+        )
+        fg = subprocess.Popen(
+            env.argv("restore", "--image-path", str(image), "--bundle", str(bundle), "f1"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert fg.stdout is not None
+            first = int(fg.stdout.readline().split()[1])
+            # It goes on from where it stood (a tick may have been in flight), not from 1.
+            assert last - 2 <= first <= last + 2, (last, first)
+            assert int(fg.stdout.readline().split()[1]) == first + 1
+            assert env.run("kill", "f1", "KILL").returncode == 0
+            assert fg.wait(60) == 137
+        finally:
+            fg.kill()
+            fg.wait()
+        assert not (env.root / "f1").exists()
+    finally:
+        env.run("delete", "--force", "f1")

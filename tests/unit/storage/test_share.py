@@ -133,3 +133,28 @@ def test_named_bind_dirs_are_traversable_for_a_mapped_root(
         os.umask(old)
     for d in (shared.mounts_dir / "c", shared.mounts_dir / "c" / "0"):
         assert stat.S_IMODE(d.stat().st_mode) == share.COCOON_DIR_MODE, d
+
+
+def test_block_mode_takes_small_file_binds_by_value(tmp_path: Path) -> None:
+    """podman's /etc/hosts etc. are copied into the guest; directories and large
+    files stay shared (and then block a checkpoint, which says so)."""
+    from cocoon.storage.share import GUEST_FILES, SharedDir
+
+    hosts, big, vol = tmp_path / "hosts", tmp_path / "big", tmp_path / "vol"
+    hosts.write_text("127.0.0.1 localhost\n")
+    hosts.chmod(0o644)
+    big.write_bytes(b"x" * (2 << 20))
+    vol.mkdir()
+    spec = default_spec(["sh"])
+    spec["mounts"] = [
+        {"destination": d, "type": "bind", "source": str(s), "options": ["rbind", "ro"]}
+        for d, s in (("/etc/hosts", hosts), ("/big", big), ("/vol", vol))
+    ]
+    plan = plan_container("c1", spec, tmp_path, readonly=False)
+    kept, files, guest = SharedDir.copy_files(plan.binds[1:], plan.guest_spec, frozenset())
+    assert [b.source for b in kept] == [big, vol]
+    assert files == [(f"{GUEST_FILES}/c1/0/hosts", b"127.0.0.1 localhost\n", 0o644)]
+    by_dest = {m["destination"]: m["source"] for m in guest["mounts"]}
+    assert by_dest["/etc/hosts"] == f"{GUEST_FILES}/c1/0/hosts"
+    assert by_dest["/vol"] == f"{GUEST_SHARE}/c1/2/vol"
+    assert plan.guest_spec["mounts"][0]["source"] == f"{GUEST_SHARE}/c1/0/hosts"  # unchanged
