@@ -72,6 +72,23 @@ def cpu_arg(plan_argv: list[str]) -> str:
     return plan_argv[plan_argv.index("-cpu") + 1] if "-cpu" in plan_argv else ""
 
 
+def host_mismatch(sb: Sandbox, manifest: mf.Manifest) -> str:
+    """Why ``sb`` (its settings already the checkpoint's) cannot load ``manifest`` (""
+    if it can): the CLI checks this before it spawns the service; the shim, which hosts
+    the Sandbox itself, here. QEMU's version is checked once it runs (incoming_vm)."""
+    from cocoon.hypervisor.cmdline import build_argv
+
+    plan = sb._vm_plan(SharePlan("9p", path=sb.share.shared_dir))
+    host = mf.Host(
+        qemu_version=manifest.qemu_version,
+        accel=sb.accel,
+        assets_key=sb.assets.key,
+        cpu=cpu_arg(build_argv(plan)),
+        machine=sb.settings.machine,
+    )
+    return mf.mismatch(manifest, host)
+
+
 async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Manifest:
     """Save the whole sandbox into ``directory``; raises CocoonError, leaving the VM
     running as it was when anything fails before the state is written."""

@@ -295,6 +295,7 @@ class TaskService:
         guest's container, renamed to this id, continues where it was saved."""
         from cocoon.checkpoint import manifest as mf
         from cocoon.config.settings import Settings
+        from cocoon.service import snapshot
 
         proc = ctr.init
         directory = Path(ctr.restore)
@@ -302,6 +303,9 @@ class TaskService:
             manifest = mf.load(directory)
             sb = self.sandbox
             sb.settings = Settings.from_dict(manifest.settings)  # the VM's, as saved
+            why = snapshot.host_mismatch(sb, manifest)
+            if why:
+                raise FailedPrecondition(f"cannot restore {directory}: {why}")
             sb.restore_from = (directory, ctr.id, Path(ctr.bundle))
             t0 = time.monotonic()
             await sb.ready()
