@@ -533,7 +533,8 @@ class Sandbox:
         binds, guest_spec = plan.binds, plan.guest_spec
         files: list[tuple[str, bytes, int]] = []
         if block is not None:
-            binds, files, guest_spec = self.share.copy_files(binds[1:], guest_spec, local)
+            binds, guest_spec = self.share.shm_in_guest(binds[1:], guest_spec, local)
+            binds, files, guest_spec = self.share.copy_files(binds, guest_spec, local)
         self.share.apply_binds(binds, local, guest_mounts)
         disks = ContainerDisks()
         try:

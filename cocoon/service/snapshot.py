@@ -72,6 +72,23 @@ def cpu_arg(plan_argv: list[str]) -> str:
     return plan_argv[plan_argv.index("-cpu") + 1] if "-cpu" in plan_argv else ""
 
 
+def host_mismatch(sb: Sandbox, manifest: mf.Manifest) -> str:
+    """Why ``sb`` (its settings already the checkpoint's) cannot load ``manifest`` (""
+    if it can): the CLI checks this before it spawns the service; the shim, which hosts
+    the Sandbox itself, here. QEMU's version is checked once it runs (incoming_vm)."""
+    from cocoon.hypervisor.cmdline import build_argv
+
+    plan = sb._vm_plan(SharePlan("9p", path=sb.share.shared_dir))
+    host = mf.Host(
+        qemu_version=manifest.qemu_version,
+        accel=sb.accel,
+        assets_key=sb.assets.key,
+        cpu=cpu_arg(build_argv(plan)),
+        machine=sb.settings.machine,
+    )
+    return mf.mismatch(manifest, host)
+
+
 async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Manifest:
     """Save the whole sandbox into ``directory``; raises CocoonError, leaving the VM
     running as it was when anything fails before the state is written."""
@@ -115,7 +132,10 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
             os.close(w)
         await asyncio.to_thread(pump.join, 120)
         t_saved = time.monotonic()
-        containers = [await _save_container(c, directory, slots) for c in sb.containers.values()]
+        containers = [
+            await _save_container(c, directory, slots, agent.guest_exec_id)
+            for c in sb.containers.values()
+        ]
         t_disks = time.monotonic()
         manifest = mf.Manifest(
             format=mf.FORMAT,
@@ -185,7 +205,10 @@ def _end_processes(sb: Sandbox) -> None:
 
 
 async def _save_container(
-    ctr: ContainerRecord, directory: Path, slots: dict[str, str]
+    ctr: ContainerRecord,
+    directory: Path,
+    slots: dict[str, str],
+    guest_exec_id: Callable[[str, str], str],
 ) -> mf.ContainerImage:
     rootfs = ctr.disks.rootfs
     img = scr = None
@@ -206,7 +229,8 @@ async def _save_container(
             slots.get(rootfs.scratch.node, ""),
         )
         await asyncio.to_thread(image.pack_disk, rootfs.scratch.path, disks / scr.file)
-    running = [e for e, p in ctr.execs.items() if not p.exit.done()]
+    # As the guest knows them: the restore ends them (their host stand-ins are gone).
+    running = [guest_exec_id(ctr.id, e) for e, p in ctr.execs.items() if not p.exit.done()]
     return mf.ContainerImage(
         id=ctr.id,
         bundle=str(ctr.bundle),
@@ -380,6 +404,7 @@ async def _rebuild(
     assert sb.agent is not None
     if saved.id != cid:
         await sb.agent.rename_container(saved.id, cid)
+    sb.agent.inherit_execs(cid)  # the guest still holds the records of the saved execs
     for exec_id in saved.execs:  # their host stand-ins are gone with the old service
         with contextlib.suppress(CocoonError):
             await sb.agent.signal_process(cid, exec_id, signal.SIGKILL)

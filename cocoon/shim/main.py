@@ -262,7 +262,7 @@ async def _serve(args: argparse.Namespace, paths: Any, state: Any, ready: Any, c
     server = Server()
     tasks.register(server)
     rpc = await server.listen_unix(args.socket)
-    sandbox.start_boot()  # the VM boots while containerd prepares the Create
+    # The VM boots at the first Create (cocoon.shim.task), fresh or from a checkpoint.
     ready.write("ok\n")
     ready.close()
     await serve_until(done, lambda: not tasks.containers)

@@ -83,6 +83,9 @@ class ShimContainer:
     execs: dict[str, ShimProcess] = field(default_factory=dict)
     oom_kills: int = 0
     spec: dict[str, Any] = field(default_factory=dict)  # config.json, for its hooks
+    # Created from a checkpoint (containerd's unpacked image dir): restored at Start,
+    # as containerd's runc shim runs `runc restore` there.
+    restore: str = ""
 
 
 class TaskService:
@@ -176,7 +179,10 @@ class TaskService:
         if cid in self.containers or cid in self._creating:
             raise AlreadyExists(f"container {cid!r} already exists")
         if req.checkpoint:
-            raise RPCError(Code.UNIMPLEMENTED, "checkpoint/restore is not implemented")
+            return await self._create_restored(req)
+        # The VM boots from here on, while the rootfs is mounted and the disks planned
+        # (not at the shim's start: a Create from a checkpoint boots from the image).
+        self.sandbox.start_boot()
         try:
             spec = json.loads((Path(req.bundle) / "config.json").read_text())
         except (OSError, ValueError) as exc:
@@ -246,10 +252,86 @@ class TaskService:
         self._start_oom_watch()
         return pb.CreateTaskResponse(pid=self.pid)
 
+    async def _create_restored(self, req: pb.CreateTaskRequest) -> pb.CreateTaskResponse:
+        """Create from a checkpoint: only recorded (state created, pid 0, as runc's shim);
+        the VM is loaded from the image at Start. A checkpoint holds a whole sandbox: it
+        is restored as a pod of its own, never into a running one."""
+        cid = req.id
+        spec = _read_spec(req.bundle)
+        if self.containers or self.sandbox.state != SandboxState.NEW:
+            raise FailedPrecondition(
+                f"container {cid!r}: a checkpoint is restored as a sandbox of its own, "
+                f"not into pod {self.pod_id!r}"
+            )
+        if pod_role(cid, spec.get("annotations") or {}).pod_id != self.pod_id:
+            raise InvalidArgument(f"container {cid!r} does not belong to pod {self.pod_id!r}")
+        from cocoon.checkpoint import manifest as mf
+
+        mf.load(Path(req.checkpoint))  # complete and readable, or one line now
+        rootfs: Path | None = None
+        if req.rootfs:  # unused (the writes ride in the image), unmounted at Delete
+            rootfs = Path(req.bundle) / "rootfs"
+            await asyncio.to_thread(mount_rootfs, list(req.rootfs), rootfs)
+        io = stdio.ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal)
+        init = ShimProcess(cid, "", io, asyncio.get_running_loop().create_future())
+        self.containers[cid] = ShimContainer(
+            cid, req.bundle, rootfs, init, spec=spec, restore=req.checkpoint
+        )
+        self.events.publish(
+            ev.TaskCreate(
+                container_id=cid,
+                bundle=req.bundle,
+                rootfs=list(req.rootfs),
+                io=ev.TaskIO(
+                    stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal
+                ),
+                checkpoint=req.checkpoint,
+            )
+        )
+        return pb.CreateTaskResponse(pid=0)
+
+    async def _restore(self, ctr: ShimContainer) -> None:
+        """Boot the sandbox from ``ctr.restore`` (cocoon.service.snapshot.restore): the
+        guest's container, renamed to this id, continues where it was saved."""
+        from cocoon.checkpoint import manifest as mf
+        from cocoon.config.settings import Settings
+        from cocoon.service import snapshot
+
+        proc = ctr.init
+        directory = Path(ctr.restore)
+        try:
+            manifest = mf.load(directory)
+            sb = self.sandbox
+            sb.settings = Settings.from_dict(manifest.settings)  # the VM's, as saved
+            why = snapshot.host_mismatch(sb, manifest)
+            if why:
+                raise FailedPrecondition(f"cannot restore {directory}: {why}")
+            sb.restore_from = (directory, ctr.id, Path(ctr.bundle))
+            t0 = time.monotonic()
+            await sb.ready()
+            log.info("%s: restored from %s in %.2fs", ctr.id, directory, time.monotonic() - t0)
+            for warning in sb.take_warnings():
+                log.warning("%s: %s", ctr.id, warning)
+            ctr.restore = ""
+            proc.started = True
+            stdio.attach(sb, ctr.id, "", proc.io)
+        except BaseException:
+            if not proc.exited.done():
+                proc.exited.set_result((EXEC_FAILED_STATUS, time.time_ns()))
+            raise
+        self._watch_exit(proc)
+        self._start_oom_watch()
+
     async def Start(self, req: pb.StartRequest) -> pb.StartResponse:
         proc = self._proc(req.id, req.exec_id)
         if not req.exec_id:
             ctr = self._ctr(req.id)
+            if ctr.restore:
+                await self._restore(ctr)
+                self.events.publish(ev.TaskStart(container_id=req.id, pid=self.pid))
+                return pb.StartResponse(pid=self.pid)
+            if proc.exited.done():
+                raise FailedPrecondition(f"container {req.id!r} has stopped")
             state = hooks.oci_state(req.id, "created", self.pid, ctr.bundle, ctr.spec)
             await hooks.run_stage("startContainer", ctr.spec, state)
             await self.sandbox.start_container(req.id)
@@ -286,6 +368,8 @@ class TaskService:
         else:
             record = self.sandbox.containers.get(req.id)
             status = _STATUS.get(record.status if record else "stopped", tt.UNKNOWN)
+            if ctr.restore:
+                status = tt.CREATED
             if proc.exited.done():
                 status = tt.STOPPED
         code, at = self._exit_of(proc)
@@ -323,7 +407,10 @@ class TaskService:
                 raise FailedPrecondition(f"cannot delete running task {req.id!r}")
             if req.id == self.pod_id:
                 await self._kill_pod_members()
-            await self.sandbox.delete_container(req.id, force=True)
+            if record is not None:
+                await self.sandbox.delete_container(req.id, force=True)
+            elif not proc.exited.done():  # never started (a restore not done)
+                proc.exited.set_result((0, time.time_ns()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proc.exited), 15)
             if ctr.rootfs is not None:
@@ -376,7 +463,29 @@ class TaskService:
         return empty_pb2.Empty()
 
     async def Checkpoint(self, req: pb.CheckpointTaskRequest) -> empty_pb2.Empty:
-        raise RPCError(Code.UNIMPLEMENTED, "checkpoint is not implemented for Cocoon VMs")
+        """The whole sandbox VM into ``path`` (cocoon.service.snapshot.checkpoint), the
+        image dir ``cocoon checkpoint`` writes. containerd sends runc's options only to
+        runc's shims: without them the task is left running (ctr's default)."""
+        self._ctr(req.id)
+        if req.id != self.pod_id or len(self.containers) > 1:
+            raise FailedPrecondition(
+                f"container {req.id!r} shares the VM of pod {self.pod_id!r}: a pod is "
+                "checkpointed whole, not by member"
+            )
+        exit_after, image_path = checkpoint_options(req.options.type_url, req.options.value)
+        directory = Path(image_path or req.path)
+        if not directory.is_absolute():
+            raise InvalidArgument(f"checkpoint path {str(directory)!r} is not absolute")
+        t0 = time.monotonic()
+        stats = await self.sandbox.checkpoint(directory, leave_running=not exit_after)
+        log.info(
+            "%s: checkpoint into %s in %.2fs (%s)",
+            req.id,
+            directory,
+            time.monotonic() - t0,
+            " ".join(f"{k}={v}" for k, v in stats.items()),
+        )
+        return empty_pb2.Empty()
 
     async def Kill(self, req: pb.KillRequest) -> empty_pb2.Empty:
         proc = self._proc(req.id, req.exec_id)
@@ -508,6 +617,65 @@ def _adapt(method: Callable[[Any], Awaitable[Message]], req_type: type[Message])
         return resp.SerializeToString()
 
     return handler
+
+
+def _read_spec(bundle: str) -> dict[str, Any]:
+    try:
+        spec = json.loads((Path(bundle) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read {bundle}/config.json: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"{bundle}/config.json is not a JSON object")
+    return spec
+
+
+# containerd.runc.v1.CheckpointOptions (containerd's runc options, sent to runc's shims):
+# field 1 ``exit`` (bool), field 8 ``image_path`` (string).
+_CHECKPOINT_OPTIONS = "containerd.runc.v1.CheckpointOptions"
+
+
+def checkpoint_options(type_url: str, value: bytes) -> tuple[bool, str]:
+    """(exit, image_path) of a Checkpoint request's options; (False, "") when none are
+    given or they are of another type. Raises InvalidArgument on malformed bytes."""
+    if not value or not type_url.endswith(_CHECKPOINT_OPTIONS):
+        return False, ""
+    exit_after, image_path = False, ""
+    i = 0
+    try:
+        while i < len(value):
+            key, i = _varint(value, i)
+            field_no, wire = key >> 3, key & 7
+            if wire == 0:
+                v, i = _varint(value, i)
+                if field_no == 1:
+                    exit_after = bool(v)
+            elif wire == 2:
+                n, i = _varint(value, i)
+                if i + n > len(value):
+                    raise IndexError
+                if field_no == 8:
+                    image_path = value[i : i + n].decode()
+                i += n
+            elif wire == 5:
+                i += 4
+            elif wire == 1:
+                i += 8
+            else:
+                raise IndexError
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("malformed checkpoint options") from exc
+    return exit_after, image_path
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
 
 
 def mount_rootfs(mounts: list[Any], target: Path) -> None:

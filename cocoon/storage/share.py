@@ -309,6 +309,36 @@ class SharedDir:
         return kept, files, out
 
     @staticmethod
+    def shm_in_guest(
+        binds: list[Bind], spec: dict[str, Any], local: frozenset[Path] = frozenset()
+    ) -> tuple[list[Bind], dict[str, Any]]:
+        """Serve an engine's ``/dev/shm`` bind (podman's and docker's ``userdata/shm``:
+        an empty host tmpfs made for the container alone) by a tmpfs of the same size
+        in the guest: (binds left, ``spec`` with those mounts made tmpfs). Block rootfs
+        mode, where a VM with no host directory mounted can be checkpointed; the host
+        tmpfs was only ever seen by the container, so nothing is lost."""
+        wanted = {
+            m.get("source")
+            for m in spec.get("mounts") or []
+            if m.get("destination", "").rstrip("/") == "/dev/shm"
+        }
+        shm = [b for b in binds if f"{GUEST_SHARE}/{b.target}" in wanted and not b.beneath]
+        if not shm:
+            return binds, spec
+        requests = [hostmount.TreeRequest(str(b.source), b.source not in local) for b in shm]
+        trees = hostmount.clone_trees(requests)
+        sizes: dict[str, int] = {}
+        try:
+            for b, tree in zip(shm, trees, strict=True):
+                size = _empty_tmpfs_size(tree)
+                if size >= 0:
+                    sizes[f"{GUEST_SHARE}/{b.target}"] = size
+        finally:
+            hostmount.close_all(trees)
+        kept = [b for b in binds if f"{GUEST_SHARE}/{b.target}" not in sizes]
+        return kept, shm_mounts_as_tmpfs(spec, sizes) if sizes else spec
+
+    @staticmethod
     def emptydir_subpaths(plan: ContainerShare, annotations: dict[str, Any]) -> ContainerShare:
         """``plan`` with each kubelet subPath of an emptyDir served from the guest copy.
 
@@ -398,3 +428,38 @@ class SharedDir:
                     entry.rmdir() if entry.is_dir() else entry.unlink()
         with contextlib.suppress(OSError):
             base.rmdir()
+
+
+def shm_mounts_as_tmpfs(spec: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+    """``spec`` with each mount whose source is in ``sizes`` (guest share paths) made a
+    guest tmpfs of that size (0: the guest's default), its nosuid/noexec/nodev kept."""
+    out = copy.deepcopy(spec)
+    keep = {"nosuid", "noexec", "nodev", "ro"}
+    for m in out.get("mounts") or []:
+        size = sizes.get(m.get("source"))
+        if size is None:
+            continue
+        opts = [o for o in m.get("options") or [] if o in keep]
+        opts.append("mode=1777")
+        if size > 0:
+            opts.append(f"size={size}")
+        m.update(type="tmpfs", source="shm", options=opts)
+    return out
+
+
+def _empty_tmpfs_size(tree: int) -> int:
+    """The size (bytes) of the empty tmpfs directory ``tree`` (an open tree), or -1
+    if it is something else or holds anything."""
+    try:
+        if hostmount.fs_type(tree) != hostmount.TMPFS_MAGIC:
+            return -1
+        fd = os.open(f"/proc/self/fd/{tree}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if os.listdir(fd):
+                return -1
+            st = os.fstatvfs(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return -1
+    return st.f_blocks * st.f_frsize

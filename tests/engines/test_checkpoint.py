@@ -138,6 +138,11 @@ def test_podman_checkpoint_and_restore_continues_the_counter(
     p = check(podman("container", "restore", name, runtime=runtime))
     assert podman.status(name) == "running", describe(p)
     assert_continued(cat, before)
+    # The restored container is an ordinary one to podman: pid, stats, kill, wait, rm.
+    assert int(check(podman("inspect", "--format", "{{.State.Pid}}", name)).stdout) > 0
+    check(podman("stats", "--no-stream", "--format", "{{.MemUsage}}", name, runtime=runtime))
+    check(podman("kill", "-s", "KILL", name, runtime=runtime))
+    assert check(podman("wait", name, runtime=runtime)).stdout.strip() == "137"
     check(podman("rm", "-f", "-t", "0", name, runtime=runtime))
 
 
@@ -270,7 +275,7 @@ def test_ctr_checkpoint_and_restore_through_the_runc_shim(
 def test_ctr_checkpoint_and_restore_through_the_cocoon_shim(
     shim_containerd: ShimContainerd, cname: Callable[[], str]
 ) -> None:
-    """The shim v2's ``Checkpoint`` (today Unimplemented) and ``Create`` with a checkpoint.
+    """The shim v2's ``Checkpoint`` and ``Create`` with a checkpoint (restored at Start).
 
     containerd gives the shim no options for a non-runc runtime: no image path (a temp dir
     it tars into its content store, sparse files expanded), no ``exit``."""
@@ -301,3 +306,37 @@ def test_cocoon_checkpoint_help_for_podmans_probe() -> None:
     assert p.returncode == 0, describe(p)
     for flag in ("--image-path", "--bundle", "--detach", "--pid-file"):
         assert flag in p.stdout, describe(p)
+
+
+@pytest.mark.e2e
+def test_ctr_checkpoint_of_a_pod_member_alone_is_refused_with_one_line(
+    shim_containerd: ShimContainerd, cname: Callable[[], str]
+) -> None:
+    """A pod (CRI annotations by hand) is one VM: its member alone cannot be saved, and
+    the pod's VM cannot be saved by its sandbox container while a member runs in it;
+    both are refused with one line, the containers left running."""
+    c = shim_containerd
+    pod = cname()
+    member = f"{pod}-m"
+    rt = ["--runtime", ShimContainerd.RUNTIME, "--annotation", BLOCK]
+    sandbox_ann = [
+        "--annotation", "io.kubernetes.cri.container-type=sandbox",
+        "--annotation", f"io.kubernetes.cri.sandbox-id={pod}",
+    ]  # fmt: skip
+    member_ann = [
+        "--annotation", "io.kubernetes.cri.container-type=container",
+        "--annotation", f"io.kubernetes.cri.sandbox-id={pod}",
+    ]  # fmt: skip
+    check(c.ctr("run", "-d", *rt, *sandbox_ann, IMG, pod, "sleep", "1000"))
+    try:
+        check(c.ctr("run", "-d", *rt, *member_ann, IMG, member, "sleep", "1000"))
+        for task, why in ((member, "checkpointed whole"), (pod, "checkpointed whole")):
+            p = c.ctr("task", "checkpoint", task)
+            assert p.returncode != 0, describe(p)
+            assert why in p.stderr and len(p.stderr.strip().splitlines()) == 1, describe(p)
+        tasks = c.tasks()
+        assert tasks[pod][1] == tasks[member][1] == "RUNNING", tasks
+    finally:
+        for x in (member, pod):
+            if x in c.containers():
+                c.force_remove(x)
