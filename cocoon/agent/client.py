@@ -8,8 +8,6 @@ forces as soon as QEMU exits. So no caller ever hangs on a dead guest.
 from __future__ import annotations
 
 import asyncio
-import secrets
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from cocoon.errors import CocoonError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -47,22 +45,6 @@ class AgentClient:
         self._open.set()
         self._generation = 0  # bumped by each detach: a poll cancelled by it is re-asked
         self._polls: set[asyncio.Future[bytes]] = set()
-        # Exec ids as the guest knows them. The guest keeps an exec's record for its
-        # container's life, while containerd lets an id be used again once deleted,
-        # and a restored container still holds the records of the execs made before
-        # its checkpoint: such an id reaches the guest with a unique suffix.
-        self._guest_eids: dict[tuple[str, str], str] = {}
-        self._issued: set[tuple[str, str]] = set()
-        self._inherited: set[str] = set()
-
-    def inherit_execs(self, cid: str) -> None:
-        """``cid``'s guest container has exec records this client did not make (it
-        was restored): every exec id given to it from now on gets a suffix."""
-        self._inherited.add(cid)
-
-    def guest_exec_id(self, cid: str, exec_id: str) -> str:
-        """The id the guest knows exec ``exec_id`` of ``cid`` by ("" = init)."""
-        return self._guest_eids.get((cid, exec_id), exec_id) if exec_id else ""
 
     @classmethod
     async def connect(cls, socket_path: str, timeout: float) -> AgentClient:
@@ -174,42 +156,38 @@ class AgentClient:
         await self.call("RemoveContainer", w.ContainerRequest(cid), w.Empty, CREATE_TIMEOUT)
 
     async def exec_process(self, req: w.ExecProcessRequest) -> None:
-        key = (req.container_id, req.exec_id)
-        if key in self._issued or req.container_id in self._inherited:
-            guest = f"{req.exec_id}-{secrets.token_hex(4)}"
-            await self.call("ExecProcess", replace(req, exec_id=guest), w.Empty, CREATE_TIMEOUT)
-            self._guest_eids[key] = guest
-        else:
-            await self.call("ExecProcess", req, w.Empty, CREATE_TIMEOUT)
-            self._guest_eids.pop(key, None)
-        self._issued.add(key)
+        await self.call("ExecProcess", req, w.Empty, CREATE_TIMEOUT)
+
+    async def remove_process(self, cid: str, exec_id: str) -> None:
+        req = w.ProcessRequest(cid, exec_id)
+        await self.call("RemoveProcess", req, w.Empty, DEFAULT_TIMEOUT)
 
     async def signal_process(self, cid: str, exec_id: str, sig: int, all: bool = False) -> None:
-        req = w.SignalProcessRequest(cid, self.guest_exec_id(cid, exec_id), sig, all)
+        req = w.SignalProcessRequest(cid, exec_id, sig, all)
         await self.call("SignalProcess", req, w.Empty, DEFAULT_TIMEOUT)
 
     async def wait_process(self, cid: str, exec_id: str = "") -> w.WaitProcessResponse:
-        req = w.ProcessRequest(cid, self.guest_exec_id(cid, exec_id))
+        req = w.ProcessRequest(cid, exec_id)
         return await self.call("WaitProcess", req, w.WaitProcessResponse, None)
 
     async def write_stdin(self, cid: str, exec_id: str, data: bytes) -> int:
-        req = w.WriteStreamRequest(cid, self.guest_exec_id(cid, exec_id), data)
+        req = w.WriteStreamRequest(cid, exec_id, data)
         resp = await self.call("WriteStdin", req, w.WriteStreamResponse, DEFAULT_TIMEOUT)
         return resp.length
 
     async def close_stdin(self, cid: str, exec_id: str = "") -> None:
-        req = w.ProcessRequest(cid, self.guest_exec_id(cid, exec_id))
+        req = w.ProcessRequest(cid, exec_id)
         await self.call("CloseStdin", req, w.Empty, DEFAULT_TIMEOUT)
 
     async def read_stream(
         self, which: str, cid: str, exec_id: str = "", max_len: int = 65536
     ) -> w.ReadStreamResponse:
         method = "ReadStdout" if which == "stdout" else "ReadStderr"
-        req = w.ReadStreamRequest(cid, self.guest_exec_id(cid, exec_id), max_len)
+        req = w.ReadStreamRequest(cid, exec_id, max_len)
         return await self.call(method, req, w.ReadStreamResponse, None)
 
     async def resize(self, cid: str, exec_id: str, rows: int, cols: int) -> None:
-        req = w.TtyWinResizeRequest(cid, self.guest_exec_id(cid, exec_id), rows, cols)
+        req = w.TtyWinResizeRequest(cid, exec_id, rows, cols)
         await self.call("TtyWinResize", req, w.Empty, DEFAULT_TIMEOUT)
 
     async def list_processes(self, cid: str) -> list[w.ProcessInfo]:

@@ -547,6 +547,24 @@ class ContainerManager:
         disks.unmount_block_rootfs(ctr.crun_id)  # the host unplugs its disks next
         del self.containers[cid]
 
+    async def forget(self, cid: str, exec_id: str, grace: float = 5.0) -> None:
+        """Drop exec ``exec_id`` of ``cid`` (killed first if it still runs), so that its
+        id can be used again and its record and files do not pile up."""
+        ctr = self.get(cid)
+        proc = ctr.process(exec_id)
+        if not exec_id:
+            raise _error(Code.INVALID_ARGUMENT, "the init process goes with its container")
+        if not proc.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid or proc.waiter_pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.exited.wait(), grace)
+        proc.close_fds()
+        for suffix in ("json", "pid", "log"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(ctr.bundle, f"exec-{exec_id}.{suffix}"))
+        ctr.execs.pop(exec_id, None)
+
     def rename(self, old: str, new: str) -> None:
         """Known as ``new`` from now on (a restore under another ID); crun, the cgroup
         and the guest paths keep the first name."""

@@ -126,6 +126,10 @@ class AgentService:
         log.info("detached: %d long polls dropped, share released: %s", dropped, released)
         return w.DetachResponse(dropped, released)
 
+    async def RemoveProcess(self, req: w.ProcessRequest) -> w.Empty:
+        await self.containers.forget(req.container_id, req.exec_id)
+        return w.Empty()
+
     async def RenameContainer(self, req: w.RenameContainerRequest) -> w.Empty:
         self.containers.rename(req.old_id, req.new_id)
         return w.Empty()

@@ -22,6 +22,7 @@ from cocoon.hypervisor.jail import CAP_SYS_CHROOT, FILE_CAPS, Jail, preexec
 from cocoon.hypervisor.uids import UidLease, lease
 
 log = logging.getLogger("cocoon.qemu")
+SNAPSHOT_BANDWIDTH = 64 << 30  # bytes/s: no cap
 
 
 class VMState(enum.Enum):
@@ -330,6 +331,9 @@ class QemuVM:
             "migrate-set-capabilities",
             {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
         )
+        # QEMU's default bandwidth cap (32 MiB/s) is for a live migration sharing a
+        # link; a stopped VM saved into a pipe goes as fast as it can be written.
+        await self.execute("migrate-set-parameters", {"max-bandwidth": SNAPSHOT_BANDWIDTH})
         await self._pass_fd(fd, "snapshot-out")
         await self.execute("migrate", {"uri": "fd:snapshot-out"})
         await self._migration_done("saving the VM", timeout)

@@ -666,14 +666,18 @@ class Sandbox:
         agent = await self.ready()
         await agent.close_stdin(cid, exec_id)
 
-    def delete_exec(self, cid: str, exec_id: str) -> None:
-        """Forget an exec'd process that has exited; FailedPrecondition while it runs."""
+    async def delete_exec(self, cid: str, exec_id: str) -> None:
+        """Forget an exec'd process that has exited, here and in the guest (its id may
+        be used again); FailedPrecondition while it runs."""
         proc = self._process(cid, exec_id)
         if not exec_id:
             raise InvalidArgument("the init process is deleted with its container")
         if not proc.exit.done():
             raise FailedPrecondition(f"exec {exec_id!r} of {cid!r} is still running")
         del self.get(cid).execs[exec_id]
+        if self.state == SandboxState.READY and self.agent is not None:
+            with contextlib.suppress(CocoonError):
+                await self.agent.remove_process(cid, exec_id)
 
     async def start_container(self, cid: str) -> None:
         ctr = self.get(cid)

@@ -132,10 +132,7 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
             os.close(w)
         await asyncio.to_thread(pump.join, 120)
         t_saved = time.monotonic()
-        containers = [
-            await _save_container(c, directory, slots, agent.guest_exec_id)
-            for c in sb.containers.values()
-        ]
+        containers = [await _save_container(c, directory, slots) for c in sb.containers.values()]
         t_disks = time.monotonic()
         manifest = mf.Manifest(
             format=mf.FORMAT,
@@ -208,7 +205,6 @@ async def _save_container(
     ctr: ContainerRecord,
     directory: Path,
     slots: dict[str, str],
-    guest_exec_id: Callable[[str, str], str],
 ) -> mf.ContainerImage:
     rootfs = ctr.disks.rootfs
     img = scr = None
@@ -229,8 +225,8 @@ async def _save_container(
             slots.get(rootfs.scratch.node, ""),
         )
         await asyncio.to_thread(image.pack_disk, rootfs.scratch.path, disks / scr.file)
-    # As the guest knows them: the restore ends them (their host stand-ins are gone).
-    running = [guest_exec_id(ctr.id, e) for e, p in ctr.execs.items() if not p.exit.done()]
+    # The restore ends them: their host stand-ins are gone with this service.
+    running = [e for e, p in ctr.execs.items() if not p.exit.done()]
     return mf.ContainerImage(
         id=ctr.id,
         bundle=str(ctr.bundle),
@@ -404,10 +400,9 @@ async def _rebuild(
     assert sb.agent is not None
     if saved.id != cid:
         await sb.agent.rename_container(saved.id, cid)
-    sb.agent.inherit_execs(cid)  # the guest still holds the records of the saved execs
     for exec_id in saved.execs:  # their host stand-ins are gone with the old service
         with contextlib.suppress(CocoonError):
-            await sb.agent.signal_process(cid, exec_id, signal.SIGKILL)
+            await sb.agent.remove_process(cid, exec_id)
     if saved.status == "paused":  # engines pause before a checkpoint; none resumes after
         await sb.agent.resume_container(cid)
     spec = load_bundle(str(bundle))

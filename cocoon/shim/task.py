@@ -397,7 +397,7 @@ class TaskService:
                 raise FailedPrecondition(f"exec {req.exec_id!r} of {req.id!r} is running")
             if proc.started:
                 with contextlib.suppress(NotFound):
-                    self.sandbox.delete_exec(req.id, req.exec_id)
+                    await self.sandbox.delete_exec(req.id, req.exec_id)
             elif not proc.exited.done():
                 proc.exited.set_result((0, time.time_ns()))  # never ran: release waiters
             del ctr.execs[req.exec_id]

@@ -357,4 +357,6 @@ METHODS: dict[str, tuple[type, type]] = {
     "AdjustClock": (AdjustClockRequest, Empty),
     "Detach": (DetachRequest, DetachResponse),
     "RenameContainer": (RenameContainerRequest, Empty),
+    # Forget an exec'd process (killed first if it still runs): its id may be used again.
+    "RemoveProcess": (ProcessRequest, Empty),
 }

@@ -69,3 +69,42 @@ def test_an_exact_join_takes_only_the_named_namespaces() -> None:
     assert {"type": "ipc"} in out and {"type": "network"} in out
     assert {"type": "uts", "path": "/proc/42/ns/uts"} in out
     assert {"type": "pid", "path": "/proc/42/ns/pid"} in out
+
+
+def test_a_forgotten_exec_frees_its_id_and_a_renamed_container_keeps_its_crun_name(
+    tmp_path: object,
+) -> None:
+    import asyncio
+    import os
+    import subprocess
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    mgr = _manager_with_sandbox(42, State.RUNNING)
+    mgr.containers["pod"].bundle = str(tmp_path)
+    child = subprocess.Popen(["sleep", "60"])
+    proc = Process(exec_id="e1", terminal=False, pid=child.pid, waiter_pid=child.pid)
+    r, w = os.pipe()
+    proc.stdout_fd = r
+    os.close(w)
+    mgr.containers["pod"].execs["e1"] = proc
+    (tmp_path / "exec-e1.json").write_text("{}")
+
+    async def main() -> None:
+        async def reaped() -> None:
+            await asyncio.to_thread(child.wait)
+            proc.exit_code = -9
+            proc.exited.set()
+
+        watcher = asyncio.ensure_future(reaped())
+        await mgr.forget("pod", "e1")
+        await watcher
+
+    asyncio.run(main())
+    assert child.returncode == -9  # it was still running: killed first
+    assert "e1" not in mgr.containers["pod"].execs and proc.stdout_fd is None
+    assert not (tmp_path / "exec-e1.json").exists()
+    with pytest.raises(RPCError, match="init process"):
+        asyncio.run(mgr.forget("pod", ""))
+    mgr.rename("pod", "pod2")
+    assert mgr.get("pod2").crun_id == "pod" and mgr.cgroup_dir("pod2").endswith("/cocoon/pod")
