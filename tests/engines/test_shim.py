@@ -300,7 +300,7 @@ def test_task_api_direct_error_codes_update_stats_connect(
         "create-again": Code.ALREADY_EXISTS,
         "start-again": Code.FAILED_PRECONDITION,
         "exec-bad-json": Code.INVALID_ARGUMENT,
-        "checkpoint": Code.UNIMPLEMENTED,
+        "checkpoint": Code.INVALID_ARGUMENT,  # no image path given
         "state-ok": 0,
         "update": 0,
     }, codes
