@@ -120,6 +120,18 @@ def load(directory: Path) -> Manifest:
     return manifest
 
 
+def parse(raw: object, where: str) -> Manifest:
+    """A manifest from its JSON form (a live migration's header); InvalidArgument
+    names what is wrong."""
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else None
+        raise InvalidArgument(f"{where}: format {got!r}, this Cocoon reads {FORMAT}")
+    try:
+        return _from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where}: the manifest is malformed: {exc}") from exc
+
+
 def _disk(raw: dict[str, Any] | None) -> DiskImage | None:
     return DiskImage(**raw) if raw else None
 
