@@ -161,8 +161,8 @@ def _state(root: Path) -> dict[str, object]:
 
 def _pings(text: str) -> tuple[int, int, int]:
     """(sent, received, longest run of lost replies) from ping's output."""
-    seqs = [int(m) for m in re.findall(r"icmp_seq=(\d+)", text)]
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+    seqs = [int(m) for m in re.findall(r"seq=(\d+)", text)]
+    m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", text)
     assert m and seqs, text
     gaps = [b - a - 1 for a, b in itertools.pairwise(seqs)]
     return int(m.group(1)), int(m.group(2)), max([0, *gaps])
@@ -250,7 +250,7 @@ def test_a_running_container_moves_live_between_hosts(env: Env, hosts: Hosts) ->
         procs.append(dest)
         _listening(h)
         ping = subprocess.Popen(
-            ["ip", "netns", "exec", h.client, "ping", "-n", "-i", "0.1", POD_IP],
+            ["ip", "netns", "exec", h.client, "busybox", "ping", "-i", "0.1", POD_IP],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
