@@ -108,16 +108,7 @@ def load(directory: Path) -> Manifest:
         raise InvalidArgument(f"{directory} is not a Cocoon checkpoint: no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise InvalidArgument(f"checkpoint manifest {path} is unreadable", exc) from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        got = raw.get("format") if isinstance(raw, dict) else None
-        raise InvalidArgument(f"checkpoint {directory}: format {got!r}, this Cocoon reads {FORMAT}")
-    try:
-        manifest = _from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidArgument(f"checkpoint manifest {path} is malformed: {exc}") from exc
-    why = invalid(manifest)
-    if why:
-        raise InvalidArgument(f"checkpoint manifest {path}: {why}")
+    manifest = parse(raw, f"checkpoint {directory}")
     for rel in manifest.files():
         if not (directory / rel).is_file():
             raise InvalidArgument(f"checkpoint {directory} is incomplete: {rel} is missing")
@@ -192,6 +183,22 @@ LOCAL_SETTINGS = (
 def restored_settings(saved: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     """The VM's settings as checkpointed, with this host's binaries, dirs and limits."""
     return {**saved, **{k: local[k] for k in LOCAL_SETTINGS if k in local}}
+
+
+def parse(raw: object, where: str) -> Manifest:
+    """A manifest from its JSON form (a live migration's header); InvalidArgument
+    names what is wrong."""
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else None
+        raise InvalidArgument(f"{where}: format {got!r}, this Cocoon reads {FORMAT}")
+    try:
+        manifest = _from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where}: the manifest is malformed: {exc}") from exc
+    why = invalid(manifest)  # a file or a peer's header: input, checked field by field
+    if why:
+        raise InvalidArgument(f"{where}: {why}")
+    return manifest
 
 
 def _disk(raw: dict[str, Any] | None) -> DiskImage | None:

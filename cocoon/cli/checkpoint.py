@@ -47,6 +47,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InvalidArgument("--lazy-pages and --pre-dump are not supported: a VM is saved whole")
     if args.verb == "checkpoint":
         return checkpoint(args, reporter)
+    if args.verb == "migrate":
+        return migrate(args, reporter)
     return restore(args, reporter)
 
 
@@ -82,6 +84,35 @@ def checkpoint(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def migrate(args: argparse.Namespace, reporter: Reporter) -> int:
+    """The source of a live migration: the service moves the VM; once the destination
+    runs it, this container is gone from here (as after a delete). Prints the figures."""
+    import json
+
+    from cocoon.service import persist, quick
+    from cocoon.service.launch import force_cleanup, wait_service_exit
+    from cocoon.service.migrate import parse_address
+
+    parse_address(args.to)
+    paths = paths_for(args, args.id)
+    with container_lock(paths.root, paths.id):
+        if paths.is_member:
+            raise FailedPrecondition(
+                f"container {paths.id!r} shares the VM of {paths.home!r}: a pod is "
+                "migrated whole, not by member"
+            )
+        st = persist.load(paths)
+        resp = quick.call(paths, "Migrate", timeout=1800, container_id=paths.id, to=args.to)
+        wait_service_exit(None, st.service_pid, 15)
+        left = force_cleanup(paths)
+        remove_lock(paths.root, paths.id)
+    stats = resp.get("stats") or {}
+    print(json.dumps(stats, sort_keys=True), flush=True)
+    if left:
+        raise CocoonError(f"could not remove {', '.join(left)}")
+    return 0
+
+
 def host_qemu_version(qemu: str) -> str:
     """``7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)``, as QMP's query-version reads."""
     try:
@@ -102,8 +133,16 @@ def normalise_version(text: str) -> str:
 def restore(args: argparse.Namespace, reporter: Reporter) -> int:
     from cocoon.checkpoint import manifest as mf
 
+    saved: mf.Manifest | None = None
     directory = image_dir(args)
-    saved = mf.load(directory)  # complete and readable, or one line and nothing made
+    if args.listen:
+        from cocoon.service.migrate import parse_address
+
+        parse_address(args.listen)
+        if args.image_path:
+            raise InvalidArgument("--listen and --image-path exclude each other")
+    else:
+        saved = mf.load(directory)  # complete and readable, or one line and nothing made
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id, must_exist=False):
         try:
@@ -138,8 +177,18 @@ def _prepare(
     from cocoon.service import persist
     from cocoon.service.launch import spawn_service
 
-    assert isinstance(saved, mf.Manifest)
     paths, bundle = prepare_sandbox(args, reporter, _check_terminal_for(args, args.detach))
+    if saved is None:  # a live migration's destination: its service checks the manifest
+        try:
+            st = persist.load(paths)
+            st.listen = args.listen
+            persist.save(paths, st)
+            spawn_service(paths, args.debug)
+        except BaseException:
+            _destroy(paths)
+            raise
+        return paths, bundle
+    assert isinstance(saved, mf.Manifest)
     try:
         st = persist.load(paths)
         merged = mf.restored_settings(saved.settings, st.settings)

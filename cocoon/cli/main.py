@@ -35,6 +35,7 @@ _VERBS = {
     "debug-console": "cocoon.cli.debugconsole",
     "checkpoint": "cocoon.cli.checkpoint",
     "restore": "cocoon.cli.checkpoint",
+    "migrate": "cocoon.cli.checkpoint",
     "_service": "cocoon.service.daemon",
 }
 

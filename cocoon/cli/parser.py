@@ -57,7 +57,18 @@ def _add_checkpoint_verbs(sub: argparse._SubParsersAction, want: object) -> None
     rs.add_argument("--no-subreaper", "-no-subreaper", action="store_true", help="accepted")
     rs.add_argument("--lsm-profile", help="accepted")
     rs.add_argument("--lsm-mount-context", help="accepted")
+    rs.add_argument(
+        "--listen",
+        default="",
+        metavar="HOST:PORT",
+        help="receive a live migration (cocoon migrate --to) here instead of an image dir",
+    )
     rs.add_argument("id")
+    mg = sub.add_parser("migrate", help="move a running container's VM live to another host")
+    mg.add_argument(
+        "--to", required=True, metavar="HOST:PORT", help="a `cocoon restore --listen` there"
+    )
+    mg.add_argument("id")
 
 
 _GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--assets-dir", "--rootless", "--config"}
@@ -83,6 +94,7 @@ VERBS = (
     "debug-console",
     "checkpoint",
     "restore",
+    "migrate",
     "_service",
 )
 
@@ -267,7 +279,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         dbg.add_argument("id")
 
-    if want("checkpoint") or want("restore"):
+    if want("checkpoint") or want("restore") or want("migrate"):
         _add_checkpoint_verbs(sub, want)
 
     if want("_service"):

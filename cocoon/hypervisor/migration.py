@@ -84,8 +84,14 @@ DEFAULT = Tuning()
 
 
 def source_capabilities(tuning: Tuning) -> list[dict[str, Any]]:
-    """``migrate-set-capabilities`` on the source."""
-    caps = {"events": tuning.events, "pause-before-switchover": tuning.pause_before_switchover}
+    """``migrate-set-capabilities`` on the source. ``x-ignore-shared`` off: a template
+    clone set it to load its template, and it changes the stream's format (each RAM
+    block's address is added), which the destination, without it, cannot read."""
+    caps = {
+        "events": tuning.events,
+        "pause-before-switchover": tuning.pause_before_switchover,
+        "x-ignore-shared": False,
+    }
     return [{"capability": k, "state": v} for k, v in caps.items()]
 
 

@@ -141,6 +141,12 @@ class ServiceAPI:
         stats = await self.sandbox.checkpoint(Path(req.image_path), req.leave_running)
         return s.CheckpointResponse(stats)
 
+    async def Migrate(self, req: s.MigrateRequest) -> s.CheckpointResponse:
+        self.sandbox.get(req.container_id)
+        stats = await self.sandbox.migrate(req.to)
+        self.on_empty()  # moved: this service ends, removing the sandbox's state
+        return s.CheckpointResponse(stats)
+
     async def Restored(self, req: s.ContainerRef) -> s.CreateResponse:
         await self.sandbox.ready()
         self.sandbox.get(req.container_id)

@@ -84,6 +84,8 @@ def build_sandbox(
     sandbox.netns = state.netns  # from the bundle's spec, resolved at create
     if state.restore:
         sandbox.restore_from = (Path(state.restore), state.id, Path(state.bundle))
+    if state.listen:
+        sandbox.migrate_from = (state.listen, state.id, Path(state.bundle))
     if cgroup is not None:
         host_cg = cgroup
         sandbox.on_host_process = host_cg.add

@@ -108,6 +108,7 @@ class SandboxState:
     sandbox: str = ""  # a member: the ID whose state dir is the sandbox's home
     deleted: bool = False  # the home's own container is deleted; members still live
     restore: str = ""  # the checkpoint image dir this sandbox is restored from
+    listen: str = ""  # HOST:PORT a live migration's destination receives it on
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

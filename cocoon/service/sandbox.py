@@ -161,6 +161,9 @@ class Sandbox:
         # A restore (cocoon.service.snapshot): (image dir, container ID, bundle); the
         # boot then loads the checkpoint instead of starting a VM afresh.
         self.restore_from: tuple[Path, str, Path] | None = None
+        # A live migration's destination (cocoon.service.migrate): (HOST:PORT to
+        # listen on, container ID, bundle); the boot receives the running VM.
+        self.migrate_from: tuple[str, str, Path] | None = None
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -186,6 +189,12 @@ class Sandbox:
             from cocoon.service import snapshot
 
             await snapshot.restore(self, *self.restore_from)
+            self._now_ready()
+            return
+        if self.migrate_from is not None:
+            from cocoon.service import migrate
+
+            await migrate.receive(self, *self.migrate_from)
             self._now_ready()
             return
         self.share.setup()
@@ -906,6 +915,13 @@ class Sandbox:
 
         manifest = await snapshot.checkpoint(self, directory, leave_running)
         return dict(manifest.stats)
+
+    async def migrate(self, to: str) -> dict[str, Any]:
+        """Move the running sandbox to the destination listening on ``to``
+        (cocoon.service.migrate); on success this VM is gone, on failure it runs on."""
+        from cocoon.service import migrate
+
+        return await migrate.send(self, to)
 
     # -- teardown ------------------------------------------------------------
     async def shutdown(self) -> None:

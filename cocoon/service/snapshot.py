@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cocoon import __version__
 from cocoon.checkpoint import image
@@ -89,10 +89,53 @@ def host_mismatch(sb: Sandbox, manifest: mf.Manifest) -> str:
     return mf.mismatch(manifest, host)
 
 
+async def record(
+    sb: Sandbox,
+    slots: dict[str, str],
+    containers: list[mf.ContainerImage],
+    stats: dict[str, Any] | None = None,
+) -> mf.Manifest:
+    """The manifest of ``sb`` as it is now (its boot shape, every hot-plugged device at
+    its PCI slot in ``slots``, the network identity, ``containers``' records): what a
+    checkpoint writes beside its state file and a live migration sends ahead."""
+    from cocoon.hypervisor.cmdline import build_argv
+
+    vm = sb.vm
+    assert vm is not None
+    net = sb.network
+    nics = [
+        mf.NicImage(n.netdev_id, n.device_id, n.mac, slots.get(n.device_id, ""))
+        for n in (net.plan.nics if net is not None else [])
+    ]
+    return mf.Manifest(
+        format=mf.FORMAT,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        cocoon_version=__version__,
+        qemu_version=await vm.version(),
+        accel=sb.accel,
+        assets_key=sb.assets.key,
+        cpu=cpu_arg(build_argv(vm.plan)),
+        machine=sb.settings.machine,
+        settings=sb.settings.to_dict(),
+        boot_vcpus=vm.plan.vcpus,
+        boot_memory_mib=vm.plan.memory_mib,
+        memory_object=vm.plan.memory_file is not None or vm.plan.memory_ram_object,
+        cpus=await vm.plugged_cpus(),
+        dimms=await vm.memory_devices(),
+        nics=nics,
+        guest_network=asdict(net.plan.guest) if net is not None else {},
+        containers=containers,
+        disk_index=sb._disk_index,
+        vcpus=sb.vcpus,
+        memory_mib=sb.memory_mib,
+        netns=sb.netns,
+        stats=dict(stats or {}),
+    )
+
+
 async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Manifest:
     """Save the whole sandbox into ``directory``; raises CocoonError, leaving the VM
     running as it was when anything fails before the state is written."""
-    from cocoon.hypervisor.cmdline import build_argv
     from cocoon.service.clocksync import sync_once
 
     agent = await sb.ready()
@@ -104,16 +147,12 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
     for stale in (directory / mf.MANIFEST, directory / mf.STATE):
         stale.unlink(missing_ok=True)
     slots = await vm.pci_slots()
-    net = sb.network
-    nics = [
-        mf.NicImage(n.netdev_id, n.device_id, n.mac, slots.get(n.device_id, ""))
-        for n in (net.plan.nics if net is not None else [])
-    ]
     t0 = time.monotonic()
     for c in sb.containers.values():  # read-only: saved while the VM still runs
         if c.disks.rootfs is not None:
             img = c.disks.rootfs.image
-            await asyncio.to_thread(image.pack_disk, img.path, directory / mf.DISKS / _pack(img))
+            packed = directory / mf.DISKS / pack_name(img)
+            await asyncio.to_thread(image.pack_disk, img.path, packed)
     # What podman checks for before it calls restore (CRIU's index file); ours is
     # the manifest, this only says what the directory is.
     (directory / "inventory.img").write_text("cocoon checkpoint: see manifest.json\n")
@@ -134,29 +173,11 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
         t_saved = time.monotonic()
         containers = [await _save_container(c, directory, slots) for c in sb.containers.values()]
         t_disks = time.monotonic()
-        manifest = mf.Manifest(
-            format=mf.FORMAT,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            cocoon_version=__version__,
-            qemu_version=await vm.version(),
-            accel=sb.accel,
-            assets_key=sb.assets.key,
-            cpu=cpu_arg(build_argv(vm.plan)),
-            machine=sb.settings.machine,
-            settings=sb.settings.to_dict(),
-            boot_vcpus=vm.plan.vcpus,
-            boot_memory_mib=vm.plan.memory_mib,
-            memory_object=vm.plan.memory_file is not None or vm.plan.memory_ram_object,
-            cpus=await vm.plugged_cpus(),
-            dimms=await vm.memory_devices(),
-            nics=nics,
-            guest_network=asdict(net.plan.guest) if net is not None else {},
-            containers=containers,
-            disk_index=sb._disk_index,
-            vcpus=sb.vcpus,
-            memory_mib=sb.memory_mib,
-            netns=sb.netns,
-            stats={
+        manifest = await record(
+            sb,
+            slots,
+            containers,
+            {
                 "ram_stream_bytes": pump.bytes_in,
                 "state_file_bytes": pump.bytes_out,
                 "ram_transferred": int(figures.get("ram", {}).get("transferred", 0)),
@@ -179,7 +200,7 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
             await sync_once(agent)
         log.info("checkpoint in %.2fs, left running", time.monotonic() - t0)
         return manifest
-    _end_processes(sb)
+    end_processes(sb)
     # The saved VM is never continued: no goodbye to its agent (the link is detached).
     sb.agent = None
     await agent.close()
@@ -188,11 +209,11 @@ async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Ma
     return manifest
 
 
-def _pack(disk: blockroot.Disk) -> str:
+def pack_name(disk: blockroot.Disk) -> str:
     return f"{disk.path.name}.gz"
 
 
-def _end_processes(sb: Sandbox) -> None:
+def end_processes(sb: Sandbox) -> None:
     now = time.time_ns()
     for ctr in sb.containers.values():
         for proc in (ctr.init, *ctr.execs.values()):
@@ -206,25 +227,32 @@ async def _save_container(
     directory: Path,
     slots: dict[str, str],
 ) -> mf.ContainerImage:
+    saved = container_image(ctr, slots)
+    if ctr.disks.rootfs is not None and saved.scratch is not None:
+        packed = directory / mf.DISKS / saved.scratch.file
+        await asyncio.to_thread(image.pack_disk, ctr.disks.rootfs.scratch.path, packed)
+    return saved
+
+
+def container_image(ctr: ContainerRecord, slots: dict[str, str]) -> mf.ContainerImage:
+    """The record of ``ctr`` a manifest holds (its disks named as packed files)."""
     rootfs = ctr.disks.rootfs
     img = scr = None
     if rootfs is not None:
-        disks = directory / mf.DISKS
         img = mf.DiskImage(
             rootfs.image.node,
             rootfs.image.serial,
-            _pack(rootfs.image),
+            pack_name(rootfs.image),
             True,
             slots.get(rootfs.image.node, ""),
         )
         scr = mf.DiskImage(
             rootfs.scratch.node,
             rootfs.scratch.serial,
-            _pack(rootfs.scratch),
+            pack_name(rootfs.scratch),
             False,
             slots.get(rootfs.scratch.node, ""),
         )
-        await asyncio.to_thread(image.pack_disk, rootfs.scratch.path, disks / scr.file)
     # The restore ends them: their host stand-ins are gone with this service.
     running = [e for e, p in ctr.execs.items() if not p.exit.done()]
     return mf.ContainerImage(

@@ -135,6 +135,14 @@ class CheckpointResponse:
     stats: dict[str, Any] = field(default_factory=dict)  # sizes and times
 
 
+@dataclass
+class MigrateRequest:
+    """Move the running sandbox live to ``to`` (HOST:PORT, a ``restore --listen``)."""
+
+    container_id: str
+    to: str
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Create": (CreateRequest, CreateResponse),
     # A container of another CLI invocation into this sandbox (cocoon.service.membership).
@@ -157,4 +165,6 @@ METHODS: dict[str, tuple[type, type]] = {
     "Checkpoint": (CheckpointRequest, CheckpointResponse),
     # A restored sandbox's service: wait for the load, then the container is running.
     "Restored": (ContainerRef, CreateResponse),
+    # Live migration's source (cocoon.service.migrate): figures like a checkpoint's.
+    "Migrate": (MigrateRequest, CheckpointResponse),
 }

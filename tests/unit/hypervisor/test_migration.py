@@ -15,6 +15,7 @@ def test_capabilities_and_parameters_as_data() -> None:
     assert mig.source_capabilities(t) == [
         {"capability": "events", "state": True},
         {"capability": "pause-before-switchover", "state": True},
+        {"capability": "x-ignore-shared", "state": False},  # a template clone's is on
     ]
     # The destination sets nothing that changes the stream's format.
     assert mig.destination_capabilities(t) == [{"capability": "events", "state": True}]
