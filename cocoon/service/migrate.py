@@ -59,6 +59,7 @@ ACCEPT_TIMEOUT = 600.0  # s a destination waits for its source
 CONNECT_TIMEOUT = 5.0  # s a source keeps trying to reach the destination
 REPLY_TIMEOUT = 300.0  # s for the destination's ready / running
 MAX_FRAME = 16 << 20
+MAX_IMAGE = 1 << 40  # bytes: a peer's image or scratch size beyond this is not believed
 CHUNK = 1 << 20
 
 
@@ -286,7 +287,8 @@ def _host_mismatch(sb: Sandbox, manifest: mf.Manifest) -> str:
     from cocoon.hypervisor.cmdline import build_argv
     from cocoon.hypervisor.plan import vm_plan
 
-    settings = Settings.from_dict(manifest.settings)
+    # The source's VM shape, with this host's binaries (the peer never names one).
+    settings = Settings.from_dict(mf.restored_settings(manifest.settings, sb.settings.to_dict()))
     plan = vm_plan(
         settings,
         sb.assets,
@@ -348,15 +350,19 @@ async def _receive(
     why = _host_mismatch(sb, manifest)
     if why:
         raise FailedPrecondition(f"cannot receive the migration: {why}")
-    sb.settings = Settings.from_dict(manifest.settings)
+    merged = mf.restored_settings(manifest.settings, sb.settings.to_dict())
+    sb.settings = Settings.from_dict(merged)
     with contextlib.suppress(CocoonError):
         st = persist.load(sb.paths)
-        st.settings = manifest.settings
+        st.settings = merged
         persist.save(sb.paths, st)
     incoming.mkdir(exist_ok=True)
+    expected = {c.image.file for c in manifest.containers if c.image is not None}
     for entry in header.get("images", []):
-        name = Path(str(entry["file"])).name  # a name, never a path
+        name = str(entry["file"])
         remaining = int(entry["size"])
+        if name not in expected or not 0 <= remaining <= MAX_IMAGE:
+            raise InvalidArgument(f"the source sends an unexpected image {name!r} ({remaining} B)")
         with open(incoming / name, "wb") as fh:
             while remaining:
                 try:
@@ -366,6 +372,8 @@ async def _receive(
                 fh.write(chunk)
                 remaining -= len(chunk)
     sizes = {str(k): int(v) for k, v in dict(header.get("scratch", {})).items()}
+    if not all(0 < v <= MAX_IMAGE for v in sizes.values()):
+        raise InvalidArgument("the source names a scratch disk of an impossible size")
 
     async def disk_source(packed: mf.DiskImage, path: Path) -> None:
         if packed.readonly:
