@@ -40,3 +40,4 @@ bench: setup
 	.venv/bin/python bench/volumes.py
 	.venv/bin/python bench/join.py
 	.venv/bin/python bench/checkpoint.py
+	.venv/bin/python bench/migrate.py

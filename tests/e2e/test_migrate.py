@@ -1,16 +1,10 @@
 """Live migration of a running container between two simulated hosts (cocoon migrate /
 cocoon restore --listen), end to end.
 
-Two "hosts" are network namespaces joined by a veth pair (10.232.0.0/24), each with
-its own Cocoon state root; every Cocoon process of a host runs in its namespace
-(``nsenter --net``: the mount namespace, /sys and the cgroups stay the host's), so
-the control, NBD and migration connections cross that veth. The pod namespace is
-prepared on both sides as a CNI would (eth0 with the same MAC and IP), both pods'
-veth peers on one bridge in a "fabric" namespace with a client namespace: the
-client keeps pinging the pod IP and holds a TCP connection (busybox nc echo in the
-container) while the VM moves. IPv6 is off in the pods and the client has a
-static neighbour entry, so the destination's idle pod namespace never answers for
-the pod: the replies after the move come from the moved guest. First two failed
+The hosts (tests/fixtures/hosts.py): two network namespaces joined by a veth, each
+with its own Cocoon state root, the pod namespace prepared alike on both, a client
+namespace on the pods' bridge. The client keeps pinging the pod IP and holds a TCP
+connection (busybox nc echo in the container) while the VM moves. First two failed
 migrations (nothing listening; the destination killed mid-way) leave the source
 running; then the move, with its figures printed.
 """
@@ -18,85 +12,33 @@ running; then the move, with its figures printed.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import COCOON, Env
 from tests.e2e.test_checkpoint import BLOCK, CLIENT, COUNTER, _echo, _writable
-from tests.e2e.test_network import MAC, PEER_IP, POD_IP, sh, write_spec
+from tests.e2e.test_network import MAC, PEER_IP, POD_IP, write_spec
+from tests.fixtures.hosts import DST_IP, Hosts, on_host, pings, simulated_hosts, wait_listening
 
-SRC_IP, DST_IP = "10.232.0.1", "10.232.0.2"
 PORT = 7411
-
-
-@dataclass
-class Hosts:
-    a: str  # the source host's namespace
-    b: str  # the destination's
-    pod_a: str
-    pod_b: str
-    fabric: str
-    client: str
-
-    def all(self) -> list[str]:
-        return [self.a, self.b, self.pod_a, self.pod_b, self.fabric, self.client]
-
-
-def _no_ipv6(ns: str) -> None:
-    sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-       "net.ipv6.conf.default.disable_ipv6=1")  # fmt: skip
 
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    n = os.getpid() % 100000
-    h = Hosts(f"mga{n}", f"mgb{n}", f"mgpa{n}", f"mgpb{n}", f"mgf{n}", f"mgc{n}")
-    try:
-        for ns in h.all():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        # The two hosts' link.
-        sh("ip", "-n", h.a, "link", "add", "mig0", "type", "veth", "peer", "name", "mig0",
-           "netns", h.b)  # fmt: skip
-        for ns, ip in ((h.a, SRC_IP), (h.b, DST_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "mig0")
-            sh("ip", "-n", ns, "link", "set", "mig0", "up")
-        # The pod network: one bridge, both pods' peers and the client on it.
-        for ns in (h.pod_a, h.pod_b, h.fabric, h.client):
-            _no_ipv6(ns)
-        sh("ip", "-n", h.fabric, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", h.fabric, "link", "set", "br0", "up")
-        for ns, port in ((h.pod_a, "va"), (h.pod_b, "vb"), (h.client, "vc")):
-            sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port,
-               "netns", h.fabric)  # fmt: skip
-            sh("ip", "-n", h.fabric, "link", "set", port, "master", "br0", "up")
-        for ns in (h.pod_a, h.pod_b):  # prepared alike on both hosts, as by a CNI
-            sh("ip", "-n", ns, "link", "set", "eth0", "address", MAC, "up")
-            sh("ip", "-n", ns, "addr", "add", f"{POD_IP}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "route", "add", "default", "via", PEER_IP)
-        sh("ip", "-n", h.client, "link", "set", "eth0", "up")
-        sh("ip", "-n", h.client, "addr", "add", f"{PEER_IP}/24", "dev", "eth0")
-        sh("ip", "-n", h.client, "neigh", "replace", POD_IP, "lladdr", MAC, "dev", "eth0",
-           "nud", "permanent")  # fmt: skip
+    with simulated_hosts("mg", POD_IP, PEER_IP, MAC) as h:
         yield h
-    finally:
-        for ns in h.all():
-            sh("ip", "netns", "del", ns, check=False)
 
 
 def _argv(ns: str, root: Path, *args: str) -> list[str]:
-    return ["nsenter", f"--net=/run/netns/{ns}", *COCOON, "--root", str(root), *args]
+    return on_host(ns, [*COCOON, "--root", str(root), *args])
 
 
 def _on(
@@ -145,27 +87,11 @@ def _status(env: Env, ns: str, root: Path) -> str:
     return str(json.loads(r.stdout)["status"])
 
 
-def _listening(h: Hosts) -> None:
-    deadline = time.monotonic() + 60
-    while not sh("ip", "netns", "exec", h.b, "ss", "-Hltn", f"sport = :{PORT}").stdout.strip():
-        assert time.monotonic() < deadline, "the destination never listened"
-        time.sleep(0.1)
-
-
 def _state(root: Path) -> dict[str, object]:
     try:
         return dict(json.loads((root / "c1" / "state.json").read_text()))
     except (OSError, ValueError):
         return {}
-
-
-def _pings(text: str) -> tuple[int, int, int]:
-    """(sent, received, longest run of lost replies) from ping's output."""
-    seqs = [int(m) for m in re.findall(r"seq=(\d+)", text)]
-    m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", text)
-    assert m and seqs, text
-    gaps = [b - a - 1 for a, b in itertools.pairwise(seqs)]
-    return int(m.group(1)), int(m.group(2)), max([0, *gaps])
 
 
 def _gone(pid: int, timeout: float) -> bool:
@@ -219,7 +145,7 @@ def test_a_running_container_moves_live_between_hosts(env: Env, hosts: Hosts) ->
         dest = _spawn(env, h.b, rb, "restore", "--listen", to, "--bundle", str(dst_bundle),
                       "-d", "c1", log="dest1.log")  # fmt: skip
         procs.append(dest)
-        _listening(h)
+        wait_listening(h.b, PORT)
         mig = subprocess.Popen(
             _argv(h.a, ra, "migrate", "c1", "--to", to),
             stdout=subprocess.PIPE,
@@ -248,7 +174,7 @@ def test_a_running_container_moves_live_between_hosts(env: Env, hosts: Hosts) ->
         dest = _spawn(env, h.b, rb, "restore", "--listen", to, "--bundle", str(dst_bundle),
                       "-d", "c1", log="dest2.log")  # fmt: skip
         procs.append(dest)
-        _listening(h)
+        wait_listening(h.b, PORT)
         ping = subprocess.Popen(
             ["ip", "netns", "exec", h.client, "busybox", "ping", "-i", "0.1", POD_IP],
             stdout=subprocess.PIPE,
@@ -270,7 +196,7 @@ def test_a_running_container_moves_live_between_hosts(env: Env, hosts: Hosts) ->
         ping.send_signal(signal.SIGINT)
         out, _ = ping.communicate(timeout=30)
         ping = None
-        sent, received, longest = _pings(out)
+        sent, received, longest = pings(out)
         print(
             f"live migration: {total:.2f} s wall (service {stats['total_s']} s: header "
             f"{stats['header_s']} s, destination ready {stats['destination_ready_s']} s, "
