@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cocoon.errors import (
@@ -46,6 +47,24 @@ def to_rpc_error(exc: CocoonError) -> RPCError:
         if isinstance(exc, cls):
             return RPCError(code, str(exc))
     return RPCError(Code.UNKNOWN, str(exc))
+
+
+@dataclass
+class RestoreMemberRequest:
+    """A member of a restored pod (saved as ``saved_id``) claims its records as
+    ``container_id`` (cocoon.service.snapshot.restore_member)."""
+
+    container_id: str
+    bundle: str
+    saved_id: str
+
+
+# Calls between the CLI and the service only: not in cocoon.wire.service, which the
+# guest agent's package (and so the guest assets' key) includes.
+HOST_METHODS: dict[str, tuple[type, type]] = {
+    # A member of a restored pod joins it (its records from the checkpoint's).
+    "RestoreMember": (RestoreMemberRequest, s.CreateResponse),
+}
 
 
 class ServiceAPI:
@@ -138,7 +157,9 @@ class ServiceAPI:
         from pathlib import Path
 
         self.sandbox.get(req.container_id)
-        stats = await self.sandbox.checkpoint(Path(req.image_path), req.leave_running)
+        stats = await self.sandbox.checkpoint(
+            Path(req.image_path), req.leave_running, req.container_id
+        )
         return s.CheckpointResponse(stats)
 
     async def Migrate(self, req: s.MigrateRequest) -> s.CheckpointResponse:
@@ -152,13 +173,17 @@ class ServiceAPI:
         self.sandbox.get(req.container_id)
         return s.CreateResponse(self.sandbox.take_warnings())
 
+    async def RestoreMember(self, req: RestoreMemberRequest) -> s.CreateResponse:
+        await self.sandbox.restore_member(req.container_id, req.bundle, req.saved_id)
+        return s.CreateResponse(self.sandbox.take_warnings())
+
     async def Shutdown(self, _: s.Empty) -> s.Empty:
         await self.sandbox.shutdown()
         self.on_empty()
         return s.Empty()
 
     def register(self, server: Server) -> None:
-        for name, (req_type, _) in s.METHODS.items():
+        for name, (req_type, _) in {**s.METHODS, **HOST_METHODS}.items():
             server.register(s.SERVICE, name, _adapt(getattr(self, name), req_type))
 
 
