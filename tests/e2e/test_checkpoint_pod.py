@@ -53,6 +53,15 @@ def test_a_pod_is_checkpointed_whole_and_restored_home_first(env: Env) -> None:
         assert r.returncode != 0 and "checkpoint 'pa'" in _one_line(r.stderr), r.stderr
         assert _status(env, "pa") == _status(env, "pm") == "running"
 
+        # --leave-running: both saved, both go on.
+        r = env.run("checkpoint", "--image-path", str(env.work / "lr"), "--leave-running", "pa")
+        assert r.returncode == 0, r.stderr.decode()
+        for cid in ("pa", "pm"):
+            n = _count(env, cid)
+            assert _status(env, cid) == "running" and _wait_count(env, cid, n + 5) > n
+        lr = json.loads((env.work / "lr" / "manifest.json").read_text())
+        assert sorted(c["id"] for c in lr["containers"]) == ["pa", "pm"]
+
         # The home: every container of its VM saved, every process ended (137).
         r = env.run("checkpoint", "--image-path", str(image), "pa")
         assert r.returncode == 0, r.stderr.decode()
