@@ -418,7 +418,7 @@ async def resumed(
     sb.vcpus, sb.memory_mib = manifest.vcpus, manifest.memory_mib
     sb._dimms = len(manifest.dimms)
     sb._disk_index = manifest.disk_index
-    home = next(saved.id for saved, _ in records if saved.role == mf.HOME)
+    home = next((saved.id for saved, _ in records if saved.role == mf.HOME), cid)
     sb.renamed = {home: cid}
     for saved, disks in records:
         if saved.role == mf.HOME:
