@@ -22,6 +22,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 STATE = "vm.state.gz"  # QEMU's migration stream, gzip
 DISKS = "disks"
+HOME, MEMBER = "home", "member"
 
 
 @dataclass
@@ -55,6 +56,12 @@ class ContainerImage:
     image: DiskImage | None = None  # the rootfs image (read-only)
     scratch: DiskImage | None = None  # the guest-written scratch disk
     execs: list[str] = field(default_factory=list)  # exec'd processes still running
+    # A CLI sandbox's pod (cocoon.service.membership): the container that booted the
+    # VM ("home") or one that joined it ("member"); a member's restore joins the
+    # restored VM instead of booting one.
+    role: str = HOME
+    joins: str = ""  # a member: the container whose IPC/UTS/PID namespaces it joined
+    namespaces: list[str] = field(default_factory=list)  # a member: the kinds it shares
 
 
 @dataclass
@@ -147,6 +154,11 @@ def invalid(m: Manifest) -> str:
     for dimm_id, size, addr in m.dimms:
         if not _DIMM.match(str(dimm_id)) or not (isinstance(size, int) and isinstance(addr, int)):
             return f"DIMM {dimm_id!r} is malformed"
+    if m.containers and (
+        [c.role for c in m.containers].count(HOME) != 1
+        or any(c.role not in (HOME, MEMBER) for c in m.containers)
+    ):
+        return "the containers are not one home and the members that joined its VM"
     for c in m.containers:
         try:
             validate_id(c.id)
@@ -248,14 +260,43 @@ def mismatch(manifest: Manifest, host: Host) -> str:
     return ""
 
 
-def refusal(settings: dict[str, Any], containers: list[dict[str, Any]], shared_vm: bool) -> str:
+def refusal(
+    settings: dict[str, Any],
+    containers: list[dict[str, Any]],
+    asked: str = "",
+    pods: bool = True,
+) -> str:
     """Why a sandbox cannot be checkpointed as it is ("" if it can), naming the first
-    obstacle. ``containers``: id, rootfs_block, host_binds, host_devices, status."""
+    obstacle. ``containers``: id, role (``home``, ``member``: a CLI pod, see
+    cocoon.service.membership; "" otherwise), rootfs_block, host_binds, host_devices,
+    status. ``asked``: the container the request named (a pod is saved through its
+    home, never by member); ``pods``: whether a pod can be taken whole (a live
+    migration cannot yet)."""
     if settings.get("shared_fs") == "virtiofs":
         return "virtio-fs cannot be migrated by QEMU 7.2: use shared_fs = virtio-9p"
     if settings.get("machine") != "pc":
         return f"machine type {settings.get('machine')} cannot be checkpointed: use pc"
-    if shared_vm:
+    home = next((c["id"] for c in containers if c.get("role") == HOME), "")
+    members = [c for c in containers if c.get("role") == MEMBER]
+    if any(c["id"] == asked for c in members):
+        if not home:
+            return (
+                f"container {asked!r} shares a VM whose own container was deleted: a pod is"
+                " checkpointed whole through its home container, and it has none"
+            )
+        return (
+            f"container {asked!r} shares the VM of {home!r}: a pod is checkpointed whole,"
+            f" not by member (checkpoint {home!r})"
+        )
+    if members and not home:
+        return "the VM's own container was deleted: a pod is checkpointed whole through it"
+    if members and not pods:
+        return (
+            f"its VM is shared with {', '.join(repr(c['id']) for c in members)}: a pod cannot"
+            " be migrated live (checkpoint and restore it instead)"
+        )
+    live = [c for c in containers if c.get("status", "running") != "stopped"]
+    if not members and len(live) > 1:
         return "its VM is shared with other containers: a pod is checkpointed whole, not by member"
     for c in containers:
         if c.get("status", "running") not in ("running", "paused"):
@@ -272,4 +313,18 @@ def refusal(settings: dict[str, Any], containers: list[dict[str, Any]], shared_v
             )
         if c.get("host_devices"):
             return f"container {c['id']!r} uses host block devices: they cannot be checkpointed"
+    return ""
+
+
+def pick_member(awaiting: list[dict[str, str]], cid: str, bundle: str, joins: bool) -> str:
+    """Which member awaiting its restore (``awaiting``: id and bundle at checkpoint, as
+    the restored home records them) a ``restore`` of ``cid`` from ``bundle`` is ("" if
+    none: it is a sandbox of its own). By ID; else by its bundle; else the only one
+    left when the bundle's spec joins another container's namespaces (a rename)."""
+    for key, want in (("id", cid), ("bundle", bundle)):
+        hits = [a for a in awaiting if a.get(key) == want]
+        if len(hits) == 1:
+            return str(hits[0]["id"])
+    if joins and len(awaiting) == 1:
+        return str(awaiting[0]["id"])
     return ""

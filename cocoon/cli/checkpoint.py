@@ -63,10 +63,7 @@ def checkpoint(args: argparse.Namespace, reporter: Reporter) -> int:
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id):
         if paths.is_member:
-            raise FailedPrecondition(
-                f"container {paths.id!r} shares the VM of {paths.home!r}: a pod is "
-                "checkpointed whole, not by member"
-            )
+            raise FailedPrecondition(f"cannot checkpoint: {_member_alone(paths)}")
         if not paths.state.is_file():
             from cocoon.errors import NotFound
 
@@ -84,6 +81,21 @@ def checkpoint(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def _member_alone(paths: SandboxPaths) -> str:
+    """The one line for a member's checkpoint: the pod is saved through its home."""
+    from cocoon.checkpoint import manifest as mf
+    from cocoon.service import persist
+
+    rows = [{"id": paths.id, "role": mf.MEMBER}]
+    try:
+        home = persist.load(SandboxPaths(paths.root, paths.home))
+        if not home.deleted:
+            rows.append({"id": paths.home, "role": mf.HOME})
+    except CocoonError:
+        pass
+    return mf.refusal({"machine": "pc"}, rows, paths.id)
+
+
 def migrate(args: argparse.Namespace, reporter: Reporter) -> int:
     """The source of a live migration: the service moves the VM; once the destination
     runs it, this container is gone from here (as after a delete). Prints the figures."""
@@ -98,8 +110,8 @@ def migrate(args: argparse.Namespace, reporter: Reporter) -> int:
     with container_lock(paths.root, paths.id):
         if paths.is_member:
             raise FailedPrecondition(
-                f"container {paths.id!r} shares the VM of {paths.home!r}: a pod is "
-                "migrated whole, not by member"
+                f"container {paths.id!r} shares the VM of {paths.home!r}: a pod cannot be "
+                "migrated live (checkpoint and restore it instead)"
             )
         st = persist.load(paths)
         resp = quick.call(paths, "Migrate", timeout=1800, container_id=paths.id, to=args.to)
@@ -146,13 +158,21 @@ def restore(args: argparse.Namespace, reporter: Reporter) -> int:
     paths = paths_for(args, args.id)
     with container_lock(paths.root, paths.id, must_exist=False):
         try:
-            paths, bundle = _prepare(args, reporter, saved, directory)
+            home = _awaiting_home(args, saved, directory) if saved is not None else None
+            if home is not None:
+                member = _restore_member(args, reporter, *home)
+                if member is None:
+                    return 0
+                paths, bundle = member
+            else:
+                paths, bundle = _prepare(args, reporter, saved, directory)
         except BaseException:
             drop_if_unused(paths.root, paths.id)
             raise
         try:
-            for warning in _wait_restored(paths):
-                reporter.warn(warning)
+            if home is None:
+                for warning in _wait_restored(paths):
+                    reporter.warn(warning)
             if args.detach:
                 _detached(args, reporter, paths, bundle)
                 return 0
@@ -163,6 +183,113 @@ def restore(args: argparse.Namespace, reporter: Reporter) -> int:
             remove_lock(paths.root, paths.id)
             raise
     return _foreground(args, reporter, paths, bundle)
+
+
+def _awaiting_home(
+    args: argparse.Namespace, saved: object, directory: Path
+) -> tuple[str, str] | None:
+    """(home ID, saved ID) when this restore is of a member of a pod whose home was
+    restored from ``directory`` and awaits it; None: a sandbox of its own (refused for
+    a member of the checkpoint before its home)."""
+    import json
+
+    from cocoon.checkpoint import manifest as mf
+    from cocoon.config.paths import runtime_root
+    from cocoon.procutil import alive
+    from cocoon.service import membership
+
+    assert isinstance(saved, mf.Manifest)
+    members = [c for c in saved.containers if c.role == mf.MEMBER]
+    if not members:
+        return None
+    bundle = str(Path(args.bundle or ".").absolute())
+    try:
+        spec = json.loads((Path(bundle) / "config.json").read_text())
+    except (OSError, ValueError):
+        spec = {}
+    joins = isinstance(spec, dict) and bool(membership.named_paths(spec))
+    for st in membership.states_in(runtime_root(args.root)):
+        if st.sandbox or st.restore != str(directory) or not st.awaiting:
+            continue
+        if st.deleted or not alive(st.service_pid):
+            continue
+        picked = mf.pick_member(st.awaiting, args.id, bundle, joins)
+        if picked:
+            return st.id, picked
+    home = next(c.id for c in saved.containers if c.role == mf.HOME)
+    if args.id in {c.id for c in members}:
+        raise FailedPrecondition(
+            f"cannot restore {args.id!r}: it is a member of pod {home!r} in checkpoint "
+            f"{directory}; restore {home!r} first (its VM holds every container of the pod)"
+        )
+    return None
+
+
+def _restore_member(
+    args: argparse.Namespace, reporter: Reporter, home_id: str, saved_id: str
+) -> tuple[SandboxPaths, Path] | None:
+    """``restore`` of a member of a restored pod: it joins the VM as its ``create``
+    joined one (its own state dir, ``sandbox`` = the home), its records rebuilt from
+    the checkpoint's by the home's service; then (``--detach``) its stub and pid file,
+    or (None returned) the caller stands for it in the foreground."""
+    from cocoon.cli.common import check_pid_file, now_rfc3339
+    from cocoon.cli.create import _check_terminal
+    from cocoon.cli.join import destroy_member
+    from cocoon.errors import AlreadyExists
+    from cocoon.oci.spec import load_bundle
+    from cocoon.procutil import alive
+    from cocoon.service import persist, quick
+
+    bundle = load_bundle(args.bundle or ".")
+    check_pid_file(args.pid_file)
+    _check_terminal(args, bundle.terminal, args.detach)
+    own = paths_for(args, args.id)
+    if own.dir.exists():
+        raise AlreadyExists(f"container {own.id!r} already exists")
+    paths = SandboxPaths(own.root, own.id, home=home_id)
+    with container_lock(own.root, home_id):
+        home = persist.load(SandboxPaths(own.root, home_id))
+        if not alive(home.service_pid):
+            raise FailedPrecondition(f"the sandbox of container {home_id!r} is not running")
+        try:
+            paths.dir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise AlreadyExists(f"container {own.id!r} already exists") from None
+        try:
+            persist.save(
+                paths,
+                persist.SandboxState(
+                    id=paths.id,
+                    bundle=str(bundle.path),
+                    created=now_rfc3339(),
+                    service_pid=home.service_pid,
+                    accel=home.accel,
+                    annotations=bundle.annotations,
+                    sandbox=home_id,
+                ),
+            )
+            reply = quick.call(
+                paths,
+                "RestoreMember",
+                timeout=300,
+                container_id=paths.id,
+                bundle=str(bundle.path),
+                saved_id=saved_id,
+            )
+        except BaseException:
+            persist.remove_tree(paths.dir)
+            raise
+    for warning in reply.get("warnings", []):
+        reporter.warn(str(warning))
+    if not args.detach:
+        return paths, bundle.path
+    netns = f"/proc/{home.stub_pid}/ns/net" if home.stub_pid else home.netns
+    try:
+        _detached(args, reporter, paths, bundle.path, netns)
+    except BaseException:
+        destroy_member(paths, reporter)
+        raise
+    return None
 
 
 def _prepare(
@@ -250,8 +377,12 @@ def _wait_restored(paths: object) -> list[str]:
     return list(resp.get("warnings") or [])
 
 
-def _detached(args: argparse.Namespace, reporter: Reporter, paths: object, bundle: Path) -> None:
-    """The stub standing for the restored init (as after create), then its pid file."""
+def _detached(
+    args: argparse.Namespace, reporter: Reporter, paths: object, bundle: Path, pod_netns: str = ""
+) -> None:
+    """The stub standing for the restored init (as after create), then its pid file.
+    ``pod_netns``: a member's, the network namespace of its pod (its spec's paths name
+    the stubs of before the checkpoint)."""
     from cocoon.cli import stub
     from cocoon.cli.create import joined_netns, record_stub, wants_new_netns, write_pid_file
     from cocoon.oci.spec import load_bundle
@@ -267,7 +398,7 @@ def _detached(args: argparse.Namespace, reporter: Reporter, paths: object, bundl
         args.log,
         args.log_format,
         new_netns=wants_new_netns(spec),
-        netns_path=joined_netns(spec),
+        netns_path=pod_netns or joined_netns(spec),
     )
     stub.register(paths, "", pid)
     record_stub(paths, pid)
@@ -300,5 +431,10 @@ def _foreground(args: argparse.Namespace, reporter: Reporter, paths: object, bun
         return asyncio.run(wait())
     finally:
         with container_lock(paths.root, paths.id):
-            _destroy(paths)
+            if paths.is_member:  # out of the pod's VM, which runs on
+                from cocoon.cli.join import destroy_member
+
+                destroy_member(paths, reporter)
+            else:
+                _destroy(paths)
             remove_lock(paths.root, paths.id)

@@ -138,7 +138,9 @@ class ServiceAPI:
         from pathlib import Path
 
         self.sandbox.get(req.container_id)
-        stats = await self.sandbox.checkpoint(Path(req.image_path), req.leave_running)
+        stats = await self.sandbox.checkpoint(
+            Path(req.image_path), req.leave_running, req.container_id
+        )
         return s.CheckpointResponse(stats)
 
     async def Migrate(self, req: s.MigrateRequest) -> s.CheckpointResponse:
@@ -150,6 +152,10 @@ class ServiceAPI:
     async def Restored(self, req: s.ContainerRef) -> s.CreateResponse:
         await self.sandbox.ready()
         self.sandbox.get(req.container_id)
+        return s.CreateResponse(self.sandbox.take_warnings())
+
+    async def RestoreMember(self, req: s.RestoreMemberRequest) -> s.CreateResponse:
+        await self.sandbox.restore_member(req.container_id, req.bundle, req.saved_id)
         return s.CreateResponse(self.sandbox.take_warnings())
 
     async def Shutdown(self, _: s.Empty) -> s.Empty:

@@ -84,6 +84,7 @@ def build_sandbox(
     sandbox.netns = state.netns  # from the bundle's spec, resolved at create
     if state.restore:
         sandbox.restore_from = (Path(state.restore), state.id, Path(state.bundle))
+        sandbox.restore_pods = True  # a pod's members are restored by the CLI, one by one
     if state.listen:
         sandbox.migrate_from = (state.listen, state.id, Path(state.bundle))
     if cgroup is not None:

@@ -137,7 +137,7 @@ async def send(sb: Sandbox, to: str) -> dict[str, Any]:
     agent = await sb.ready()
     vm = sb.vm
     assert vm is not None
-    snapshot.check(sb)
+    snapshot.check(sb, pods=False)  # a pod is checkpointed and restored, not migrated
     t0 = time.monotonic()
     async with sb._resize_lock:  # no hot-plug while the devices are recorded and moved
         slots = await vm.pci_slots()

@@ -109,6 +109,8 @@ class SandboxState:
     deleted: bool = False  # the home's own container is deleted; members still live
     restore: str = ""  # the checkpoint image dir this sandbox is restored from
     listen: str = ""  # HOST:PORT a live migration's destination receives it on
+    # A restored pod's home: the members (id, bundle at checkpoint) awaiting their restore.
+    awaiting: list[dict[str, str]] = field(default_factory=list)
 
 
 def save(paths: SandboxPaths, state: SandboxState) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocoon.agent.client import AgentClient
 from cocoon.assets import GuestAssets
@@ -54,6 +54,9 @@ from cocoon.storage.devices import DevicePlan
 from cocoon.storage.share import GUEST_SHARE, ContainerShare, SharedDir, plan_container
 from cocoon.storage.virtiofsd import Virtiofsd
 from cocoon.wire import agent as w
+
+if TYPE_CHECKING:
+    from cocoon.checkpoint.manifest import ContainerImage
 
 log = logging.getLogger("cocoon.sandbox")
 IO_DRAIN_TIMEOUT = 5.0
@@ -118,6 +121,10 @@ class ContainerRecord:
     resources: dict[str, Any] = field(default_factory=dict)  # linux.resources, as updated
     disks: ContainerDisks = field(default_factory=ContainerDisks)  # its virtio-blk disks
     host_binds: list[str] = field(default_factory=list)  # sources live in the share
+    # A container of another CLI invocation that joined this VM (cocoon.service.membership):
+    member: bool = False
+    joins: str = ""  # the container whose IPC/UTS/PID namespaces it joined ("" = none)
+    namespaces: list[str] = field(default_factory=list)  # the kinds it shares with the pod
 
 
 class Sandbox:
@@ -164,6 +171,12 @@ class Sandbox:
         # A live migration's destination (cocoon.service.migrate): (HOST:PORT to
         # listen on, container ID, bundle); the boot receives the running VM.
         self.migrate_from: tuple[str, str, Path] | None = None
+        # A restored pod (the CLI's): a checkpoint of several containers may be loaded;
+        # its members' records wait here (saved ID → record, disks) until `cocoon
+        # restore` of each claims them (restore_member); their guest processes run on.
+        self.restore_pods = False
+        self.pending: dict[str, tuple[ContainerImage, ContainerDisks]] = {}
+        self.renamed: dict[str, str] = {}  # saved ID → restored ID
 
     # -- boot ----------------------------------------------------------------
     def start_boot(self) -> None:
@@ -591,6 +604,9 @@ class Sandbox:
             disks=disks,
             host_binds=[str(b.source) for b in (binds if block is not None else binds[1:])],
         )
+        if join is not None:
+            ctr.member, ctr.joins = True, join.target
+            ctr.namespaces = [*([] if join.new_network else ["network"]), *plan.pod_namespaces]
         ctr.init = self._track(cid, "")
         self.containers[cid] = ctr
 
@@ -909,12 +925,36 @@ class Sandbox:
         self.share.remove_binds(cid)
         del self.containers[cid]
 
-    async def checkpoint(self, directory: Path, leave_running: bool) -> dict[str, Any]:
-        """The whole sandbox into ``directory`` (cocoon.service.snapshot); its figures."""
+    async def checkpoint(
+        self, directory: Path, leave_running: bool, asked: str = ""
+    ) -> dict[str, Any]:
+        """The whole sandbox into ``directory`` (cocoon.service.snapshot); its figures.
+        ``asked``: the container the request named (a member alone is refused)."""
         from cocoon.service import snapshot
 
-        manifest = await snapshot.checkpoint(self, directory, leave_running)
+        manifest = await snapshot.checkpoint(self, directory, leave_running, asked)
         return dict(manifest.stats)
+
+    async def restore_member(self, cid: str, bundle_dir: str, saved_id: str) -> None:
+        """``cocoon restore`` of a member of this restored pod: its records rebuilt from
+        the checkpoint's (renamed in the guest when ``cid`` differs from ``saved_id``)."""
+        from cocoon.service import snapshot
+
+        validate_id(cid)
+        await self.ready()
+        await snapshot.restore_member(self, saved_id, cid, Path(bundle_dir))
+        if self.on_resources_update is not None:  # the VM's host CPU follows its members
+            self.on_resources_update(cid, {})
+
+    def persist_awaiting(self) -> None:
+        """Record in the home's state which members await their restore (what a
+        member's ``cocoon restore`` looks for)."""
+        try:
+            st = persist.load(self.paths)
+            st.awaiting = [{"id": i, "bundle": c.bundle} for i, (c, _) in self.pending.items()]
+            persist.save(self.paths, st)
+        except (CocoonError, OSError) as exc:
+            log.warning("cannot record the members awaiting their restore: %s", exc)
 
     async def migrate(self, to: str) -> dict[str, Any]:
         """Move the running sandbox to the destination listening on ``to``
@@ -948,6 +988,8 @@ class Sandbox:
             await self.fsd.stop()
         for ctr in self.containers.values():
             await ctr.disks.remove(None)  # QEMU is gone: only the files
+        for _, disks in self.pending.values():  # members never restored end with the VM
+            await disks.remove(None)
         if self.network is not None:
             await self.network.teardown()  # after QEMU: it held the taps
         self.state = SandboxState.STOPPED

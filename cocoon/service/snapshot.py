@@ -43,7 +43,7 @@ log = logging.getLogger("cocoon.snapshot")
 CHECKPOINT_EXIT = 128 + signal.SIGKILL  # what the engine sees, as after CRIU's dump
 
 
-def _obstacles(sb: Sandbox) -> str:
+def _obstacles(sb: Sandbox, asked: str, pods: bool) -> str:
     rows = []
     for c in sb.containers.values():
         rootfs = c.disks.rootfs
@@ -51,19 +51,23 @@ def _obstacles(sb: Sandbox) -> str:
         rows.append(
             {
                 "id": c.id,
+                "role": mf.MEMBER if c.member else mf.HOME,
                 "status": c.status,
                 "rootfs_block": rootfs is not None,
                 "host_binds": c.host_binds,
                 "host_devices": [n for n, _ in c.disks.plugged if n not in own],
             }
         )
-    live = [c for c in sb.containers.values() if c.status != "stopped"]
-    return mf.refusal(sb.settings.to_dict(), rows, sb.joined or len(live) > 1)
+    if sb.pending:  # restored members not yet claimed: their records are the manifest's
+        names = ", ".join(repr(i) for i in sb.pending)
+        return f"containers {names} of the restored pod await their restore"
+    return mf.refusal(sb.settings.to_dict(), rows, asked, pods)
 
 
-def check(sb: Sandbox) -> None:
-    """Raise FailedPrecondition naming why ``sb`` cannot be checkpointed now."""
-    why = _obstacles(sb)
+def check(sb: Sandbox, asked: str = "", pods: bool = True) -> None:
+    """Raise FailedPrecondition naming why ``sb`` cannot be checkpointed now (``asked``:
+    the container the request named; ``pods``: a pod may be taken whole)."""
+    why = _obstacles(sb, asked, pods)
     if why:
         raise FailedPrecondition(f"cannot checkpoint: {why}")
 
@@ -133,15 +137,18 @@ async def record(
     )
 
 
-async def checkpoint(sb: Sandbox, directory: Path, leave_running: bool) -> mf.Manifest:
-    """Save the whole sandbox into ``directory``; raises CocoonError, leaving the VM
-    running as it was when anything fails before the state is written."""
+async def checkpoint(
+    sb: Sandbox, directory: Path, leave_running: bool, asked: str = ""
+) -> mf.Manifest:
+    """Save the whole sandbox into ``directory`` (a pod: every container in its VM);
+    raises CocoonError, leaving the VM running as it was when anything fails before
+    the state is written."""
     from cocoon.service.clocksync import sync_once
 
     agent = await sb.ready()
     vm = sb.vm
     assert vm is not None
-    check(sb)
+    check(sb, asked)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the guest's memory
     (directory / mf.DISKS).mkdir(mode=0o700, exist_ok=True)
     for stale in (directory / mf.MANIFEST, directory / mf.STATE):
@@ -266,6 +273,9 @@ def container_image(ctr: ContainerRecord, slots: dict[str, str]) -> mf.Container
         image=img,
         scratch=scr,
         execs=running,
+        role=mf.MEMBER if ctr.member else mf.HOME,
+        joins=ctr.joins,
+        namespaces=list(ctr.namespaces),
     )
 
 
@@ -314,8 +324,11 @@ async def incoming_vm(
     from cocoon.network.pod import PodNetwork
     from cocoon.service.disks import ContainerDisks
 
-    if len(manifest.containers) != 1:
-        raise FailedPrecondition("a checkpoint of several containers is restored as a pod")
+    if not sb.restore_pods and len(manifest.containers) != 1:
+        raise FailedPrecondition(
+            "a checkpoint of several containers (a pod) is restored through the CLI: "
+            "`cocoon restore` of its home, then of each member"
+        )
     sb.share.setup()
     sb.network = PodNetwork(sb.netns, sb.settings.internetworking_model, sb.settings.machine)
     await sb.network.prepare()
@@ -405,8 +418,38 @@ async def resumed(
     sb.vcpus, sb.memory_mib = manifest.vcpus, manifest.memory_mib
     sb._dimms = len(manifest.dimms)
     sb._disk_index = manifest.disk_index
+    home = next((saved.id for saved, _ in records if saved.role == mf.HOME), cid)
+    sb.renamed = {home: cid}
     for saved, disks in records:
+        if saved.role == mf.HOME:
+            await _rebuild(sb, saved, disks, cid, bundle)
+        else:  # its guest processes run on; `cocoon restore` of it makes its records
+            sb.pending[saved.id] = (saved, disks)
+    if sb.pending:
+        sb.joined = True
+        log.info("members awaiting their restore: %s", ", ".join(sb.pending))
+        sb.persist_awaiting()
+
+
+async def restore_member(sb: Sandbox, saved_id: str, cid: str, bundle: Path) -> None:
+    """A member of a restored pod gets its records (``cocoon restore`` of it): as its
+    ``create`` joined the VM, without creating anything in the guest."""
+    if cid in sb.containers:
+        from cocoon.errors import AlreadyExists
+
+        raise AlreadyExists(f"container {cid!r} already exists")
+    if saved_id not in sb.pending:
+        raise FailedPrecondition(f"no container {saved_id!r} of the restored pod awaits a restore")
+    if saved_id != cid and cid in sb.pending:
+        raise FailedPrecondition(f"container {cid!r} of the restored pod awaits its own restore")
+    saved, disks = sb.pending.pop(saved_id)
+    try:
         await _rebuild(sb, saved, disks, cid, bundle)
+    except BaseException:
+        sb.pending[saved_id] = (saved, disks)
+        raise
+    sb.renamed[saved_id] = cid
+    sb.persist_awaiting()
 
 
 def _rootfs(disks_dir: Path, img: mf.DiskImage, scr: mf.DiskImage) -> blockroot.BlockRootfs:
@@ -443,6 +486,9 @@ async def _rebuild(
         workload=Workload(**saved.workload),
         resources=dict(saved.resources),
         disks=disks,
+        member=saved.role == mf.MEMBER,
+        joins=sb.renamed.get(saved.joins, saved.joins),
+        namespaces=list(saved.namespaces),
     )
     ctr.init = sb._track(cid, "")
     sb.containers[cid] = ctr

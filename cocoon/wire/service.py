@@ -143,6 +143,16 @@ class MigrateRequest:
     to: str
 
 
+@dataclass
+class RestoreMemberRequest:
+    """A member of a restored pod (saved as ``saved_id``) claims its records as
+    ``container_id`` (cocoon.service.snapshot.restore_member)."""
+
+    container_id: str
+    bundle: str
+    saved_id: str
+
+
 METHODS: dict[str, tuple[type, type]] = {
     "Create": (CreateRequest, CreateResponse),
     # A container of another CLI invocation into this sandbox (cocoon.service.membership).
@@ -167,4 +177,6 @@ METHODS: dict[str, tuple[type, type]] = {
     "Restored": (ContainerRef, CreateResponse),
     # Live migration's source (cocoon.service.migrate): figures like a checkpoint's.
     "Migrate": (MigrateRequest, CheckpointResponse),
+    # A member of a restored pod joins it (its records from the checkpoint's).
+    "RestoreMember": (RestoreMemberRequest, CreateResponse),
 }

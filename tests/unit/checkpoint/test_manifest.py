@@ -15,24 +15,86 @@ OK = {"id": "c1", "status": "running", "rootfs_block": True, "host_binds": [], "
 
 
 @pytest.mark.parametrize(
-    ("settings", "row", "shared", "says"),
+    ("settings", "row", "says"),
     [
-        (SETTINGS, OK, False, ""),
-        (SETTINGS, {**OK, "status": "paused"}, False, ""),
-        ({**SETTINGS, "shared_fs": "virtiofs"}, OK, False, "virtio-fs"),
-        ({**SETTINGS, "machine": "microvm"}, OK, False, "machine type microvm"),
-        (SETTINGS, OK, True, "a pod is checkpointed whole"),
-        (SETTINGS, {**OK, "status": "created"}, False, "is created"),
-        (SETTINGS, {**OK, "host_binds": ["/srv/data"]}, False, "host directory /srv/data"),
-        (SETTINGS, {**OK, "rootfs_block": False}, False, "rootfs_mode = block"),
-        (SETTINGS, {**OK, "host_devices": ["hostblk0"]}, False, "host block devices"),
+        (SETTINGS, OK, ""),
+        (SETTINGS, {**OK, "status": "paused"}, ""),
+        ({**SETTINGS, "shared_fs": "virtiofs"}, OK, "virtio-fs"),
+        ({**SETTINGS, "machine": "microvm"}, OK, "machine type microvm"),
+        (SETTINGS, {**OK, "status": "created"}, "is created"),
+        (SETTINGS, {**OK, "host_binds": ["/srv/data"]}, "host directory /srv/data"),
+        (SETTINGS, {**OK, "rootfs_block": False}, "rootfs_mode = block"),
+        (SETTINGS, {**OK, "host_devices": ["hostblk0"]}, "host block devices"),
     ],
 )
 def test_refusal_names_the_first_obstacle(
-    settings: dict[str, str], row: dict[str, object], shared: bool, says: str
+    settings: dict[str, str], row: dict[str, object], says: str
 ) -> None:
-    why = mf.refusal(settings, [row], shared)
+    why = mf.refusal(settings, [row], "c1")
     assert (why == "") if not says else (says in why), why
+
+
+HOME = {**OK, "id": "a", "role": "home"}
+MEMBER = {**OK, "id": "m", "role": "member"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "asked", "pods", "says"),
+    [
+        # A CLI pod (a home and the members that joined its VM) is saved whole, through
+        # its home; a member alone names the home to checkpoint instead.
+        ([HOME, MEMBER], "a", True, ""),
+        ([HOME, MEMBER, {**MEMBER, "id": "n"}], "a", True, ""),
+        ([HOME, MEMBER], "m", True, "not by member (checkpoint 'a')"),
+        ([MEMBER], "m", True, "whose own container was deleted"),
+        ([MEMBER, {**MEMBER, "id": "n"}], "", True, "checkpointed whole through it"),
+        # Every container of the pod must be savable: the first obstacle is named.
+        ([HOME, {**MEMBER, "status": "stopped"}], "a", True, "container 'm' is stopped"),
+        ([HOME, {**MEMBER, "host_binds": ["/v"]}], "a", True, "container 'm' mounts host"),
+        # Not migrated live.
+        ([HOME, MEMBER], "a", False, "cannot be migrated live"),
+        ([HOME], "a", False, ""),
+        # Several containers that did not join (a shim's CRI pod): refused as before.
+        ([HOME, {**HOME, "id": "b"}], "a", True, "a pod is checkpointed whole"),
+        ([HOME, {**HOME, "id": "b", "status": "stopped"}], "a", True, "is stopped"),
+    ],
+)
+def test_refusal_of_pods(rows: list[dict[str, object]], asked: str, pods: bool, says: str) -> None:
+    why = mf.refusal(SETTINGS, rows, asked, pods)
+    assert (why == "") if not says else (says in why), why
+    assert "\n" not in why
+
+
+@pytest.mark.parametrize(
+    ("cid", "bundle", "joins", "picked"),
+    [
+        ("m", "/other", False, "m"),  # by ID
+        ("m2", "/bm", False, "m"),  # renamed, by its bundle
+        ("m2", "/other", True, ""),  # two await: ambiguous
+        ("x", "/other", False, ""),  # not a member: a sandbox of its own
+    ],
+)
+def test_pick_member(cid: str, bundle: str, joins: bool, picked: str) -> None:
+    awaiting = [{"id": "m", "bundle": "/bm"}, {"id": "n", "bundle": "/bn"}]
+    assert mf.pick_member(awaiting, cid, bundle, joins) == picked
+    # The only one left: a spec that joins namespaces is that member under a new ID.
+    assert mf.pick_member(awaiting[:1], "m3", "/other", True) == "m"
+    assert mf.pick_member(awaiting[:1], "m3", "/other", False) == ""
+
+
+def test_a_manifest_holds_one_home_and_its_members() -> None:
+    m = _manifest()
+    m.containers.append(dataclasses.replace(m.containers[0], id="m", role="member", joins="c1"))
+    assert mf.invalid(m) == ""
+    back = mf.parse(dataclasses.asdict(m), "x")
+    assert [(c.id, c.role, c.joins) for c in back.containers] == [
+        ("c1", "home", ""),
+        ("m", "member", "c1"),
+    ]
+    m.containers[1].role = "home"
+    assert "one home" in mf.invalid(m)
+    m.containers[1].role = "guest"
+    assert "one home" in mf.invalid(m)
 
 
 def _manifest() -> mf.Manifest:
