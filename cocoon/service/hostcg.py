@@ -122,7 +122,14 @@ class HostCgroup:
         self.spec = spec
 
     def add(self, pid: int) -> None:
-        hc.add_pid(self.plan, pid)
+        """Move ``pid`` in; one that has already exited (a fast exec's stub, gone
+        before its registration arrived) has nothing left to move."""
+        try:
+            hc.add_pid(self.plan, pid)
+        except CocoonError as exc:
+            if not isinstance(exc.cause or exc.__cause__, ProcessLookupError):
+                raise
+            log.info("host PID %d exited before it joined the cgroup", pid)
 
     def leave_and_remove(self) -> None:
         """Step back to where the service came from, then remove the cgroup; never raises."""
