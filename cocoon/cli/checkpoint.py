@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from cocoon.cli.common import paths_for
 from cocoon.cli.lock import container_lock, drop_if_unused, remove_lock
@@ -232,53 +233,27 @@ def _restore_member(
     joined one (its own state dir, ``sandbox`` = the home), its records rebuilt from
     the checkpoint's by the home's service; then (``--detach``) its stub and pid file,
     or (None returned) the caller stands for it in the foreground."""
-    from cocoon.cli.common import check_pid_file, now_rfc3339
+    from cocoon.cli.common import check_pid_file
     from cocoon.cli.create import _check_terminal
-    from cocoon.cli.join import destroy_member
-    from cocoon.errors import AlreadyExists
+    from cocoon.cli.join import destroy_member, enter_member
     from cocoon.oci.spec import load_bundle
-    from cocoon.procutil import alive
-    from cocoon.service import persist, quick
+    from cocoon.service import quick
 
     bundle = load_bundle(args.bundle or ".")
     check_pid_file(args.pid_file)
     _check_terminal(args, bundle.terminal, args.detach)
-    own = paths_for(args, args.id)
-    if own.dir.exists():
-        raise AlreadyExists(f"container {own.id!r} already exists")
-    paths = SandboxPaths(own.root, own.id, home=home_id)
-    with container_lock(own.root, home_id):
-        home = persist.load(SandboxPaths(own.root, home_id))
-        if not alive(home.service_pid):
-            raise FailedPrecondition(f"the sandbox of container {home_id!r} is not running")
-        try:
-            paths.dir.mkdir(mode=0o700)
-        except FileExistsError:
-            raise AlreadyExists(f"container {own.id!r} already exists") from None
-        try:
-            persist.save(
-                paths,
-                persist.SandboxState(
-                    id=paths.id,
-                    bundle=str(bundle.path),
-                    created=now_rfc3339(),
-                    service_pid=home.service_pid,
-                    accel=home.accel,
-                    annotations=bundle.annotations,
-                    sandbox=home_id,
-                ),
-            )
-            reply = quick.call(
-                paths,
-                "RestoreMember",
-                timeout=300,
-                container_id=paths.id,
-                bundle=str(bundle.path),
-                saved_id=saved_id,
-            )
-        except BaseException:
-            persist.remove_tree(paths.dir)
-            raise
+
+    def claim(paths: SandboxPaths) -> dict[str, Any]:
+        return quick.call(
+            paths,
+            "RestoreMember",
+            timeout=300,
+            container_id=paths.id,
+            bundle=str(bundle.path),
+            saved_id=saved_id,
+        )
+
+    paths, home, reply = enter_member(args, home_id, bundle, claim)
     for warning in reply.get("warnings", []):
         reporter.warn(str(warning))
     if not args.detach:

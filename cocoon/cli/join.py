@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +67,48 @@ def create_member(
 
     Call with the container's own lock held. Raises CocoonError; leaves nothing.
     """
-    from cocoon.cli.common import now_rfc3339, paths_for
-    from cocoon.cli.lock import container_lock
-    from cocoon.procutil import alive
+
     from cocoon.service import quick
 
     bundle = _validate(args, pod)
+
+    def join(paths: SandboxPaths) -> dict[str, Any]:
+        return quick.call(
+            paths, "Join", timeout=300, container_id=paths.id, bundle=str(bundle.path)
+        )
+
+    paths, _, reply = enter_member(args, pod.home, bundle, join)
+    for warning in reply.get("warnings", []):
+        reporter.warn(str(warning))
+    ignored = sorted(k for k in bundle.annotations if k.startswith(VM_ANNOTATIONS))
+    if ignored:
+        reporter.warn(
+            f"{', '.join(ignored)}: ignored, the VM is {pod.home}'s and keeps its settings"
+        )
+    return paths, bundle.path, bundle.spec
+
+
+def enter_member(
+    args: argparse.Namespace,
+    home_id: str,
+    bundle: Any,
+    call: Callable[[SandboxPaths], dict[str, Any]],
+) -> tuple[SandboxPaths, persist.SandboxState, dict[str, Any]]:
+    """A member's own state dir (``sandbox`` = ``home_id``), under the sandbox's lock,
+    then ``call`` (the service's Join, or RestoreMember) with its paths; on failure
+    the dir is removed again. Returns (paths, the home's state, the reply)."""
+    from cocoon.cli.common import now_rfc3339, paths_for
+    from cocoon.cli.lock import container_lock
+    from cocoon.procutil import alive
+
     own = paths_for(args, args.id)
     if own.dir.exists():
         raise AlreadyExists(f"container {own.id!r} already exists")
-    paths = SandboxPaths(own.root, own.id, home=pod.home)
-    with container_lock(own.root, pod.home):
-        home = persist.load(SandboxPaths(own.root, pod.home))
+    paths = SandboxPaths(own.root, own.id, home=home_id)
+    with container_lock(own.root, home_id):
+        home = persist.load(SandboxPaths(own.root, home_id))
         if not alive(home.service_pid):
-            raise FailedPrecondition(f"the sandbox of container {pod.home!r} is not running")
+            raise FailedPrecondition(f"the sandbox of container {home_id!r} is not running")
         try:
             paths.dir.mkdir(mode=0o700)
         except FileExistsError:
@@ -94,23 +123,14 @@ def create_member(
                     service_pid=home.service_pid,
                     accel=home.accel,
                     annotations=bundle.annotations,
-                    sandbox=pod.home,
+                    sandbox=home_id,
                 ),
             )
-            reply = quick.call(
-                paths, "Join", timeout=300, container_id=paths.id, bundle=str(bundle.path)
-            )
+            reply = call(paths)
         except BaseException:
             persist.remove_tree(paths.dir)
             raise
-    for warning in reply.get("warnings", []):
-        reporter.warn(str(warning))
-    ignored = sorted(k for k in bundle.annotations if k.startswith(VM_ANNOTATIONS))
-    if ignored:
-        reporter.warn(
-            f"{', '.join(ignored)}: ignored, the VM is {pod.home}'s and keeps its settings"
-        )
-    return paths, bundle.path, bundle.spec
+    return paths, home, reply
 
 
 def destroy_member(paths: SandboxPaths, reporter: Reporter) -> None:

@@ -238,17 +238,7 @@ class TaskService:
             raise InvalidArgument(f"cannot open the stdio of {cid!r}: {exc}") from exc
         self.containers[cid] = ShimContainer(cid, req.bundle, rootfs, init, spec=spec)
         self._watch_exit(init)
-        self.events.publish(
-            ev.TaskCreate(
-                container_id=cid,
-                bundle=req.bundle,
-                rootfs=list(req.rootfs),
-                io=ev.TaskIO(
-                    stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal
-                ),
-                pid=self.pid,
-            )
-        )
+        self._publish_create(req, pid=self.pid)
         self._start_oom_watch()
         return pb.CreateTaskResponse(pid=self.pid)
 
@@ -277,18 +267,21 @@ class TaskService:
         self.containers[cid] = ShimContainer(
             cid, req.bundle, rootfs, init, spec=spec, restore=req.checkpoint
         )
+        self._publish_create(req, checkpoint=req.checkpoint)
+        return pb.CreateTaskResponse(pid=0)
+
+    def _publish_create(self, req: pb.CreateTaskRequest, **extra: Any) -> None:
         self.events.publish(
             ev.TaskCreate(
-                container_id=cid,
+                container_id=req.id,
                 bundle=req.bundle,
                 rootfs=list(req.rootfs),
                 io=ev.TaskIO(
                     stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal
                 ),
-                checkpoint=req.checkpoint,
+                **extra,
             )
         )
-        return pb.CreateTaskResponse(pid=0)
 
     async def _restore(self, ctr: ShimContainer) -> None:
         """Boot the sandbox from ``ctr.restore`` (cocoon.service.snapshot.restore): the
