@@ -358,25 +358,11 @@ def _detached(
     """The stub standing for the restored init (as after create), then its pid file.
     ``pod_netns``: a member's, the network namespace of its pod (its spec's paths name
     the stubs of before the checkpoint)."""
-    from cocoon.cli import stub
-    from cocoon.cli.create import joined_netns, record_stub, wants_new_netns, write_pid_file
+    from cocoon.cli.create import spawn_init_stub, write_pid_file
     from cocoon.oci.spec import load_bundle
-    from cocoon.service.persist import SandboxPaths
 
     assert isinstance(paths, SandboxPaths)
-    spec = load_bundle(str(bundle)).spec
-    pid = stub.spawn(
-        paths,
-        paths.id,
-        "",
-        args.console_socket,
-        args.log,
-        args.log_format,
-        new_netns=wants_new_netns(spec),
-        netns_path=pod_netns or joined_netns(spec),
-    )
-    stub.register(paths, "", pid)
-    record_stub(paths, pid)
+    pid = spawn_init_stub(args, paths, load_bundle(str(bundle)).spec, pod_netns)
     write_pid_file(args.pid_file, pid)
 
 

@@ -241,6 +241,19 @@ def _spawn_stub(
     hooks: they get its PID, and its own network namespace (what a hook such as
     docker's configures); ``late_network``: carry what they put there into the VM
     (a member's network is its sandbox's)."""
+    pid = spawn_init_stub(args, paths, spec)
+    create_hooks(paths, bundle, spec, pid, reporter)
+    if late_network and wants_new_netns(spec) and spec.get("hooks"):
+        attach_hooked_network(paths, pid)
+    write_pid_file(args.pid_file, pid)
+
+
+def spawn_init_stub(
+    args: argparse.Namespace, paths: SandboxPaths, spec: dict[str, Any], netns_path: str = ""
+) -> int:
+    """The stub standing for the container's init, registered with the service and
+    recorded as the sandbox's (what other specs' namespace paths name); its PID.
+    ``netns_path``: the namespace it enters, instead of the one the spec names."""
     from cocoon.cli import stub
 
     pid = stub.spawn(
@@ -251,14 +264,11 @@ def _spawn_stub(
         args.log,
         args.log_format,
         new_netns=wants_new_netns(spec),
-        netns_path=joined_netns(spec),
+        netns_path=netns_path or joined_netns(spec),
     )
     stub.register(paths, "", pid)
     record_stub(paths, pid)
-    create_hooks(paths, bundle, spec, pid, reporter)
-    if late_network and wants_new_netns(spec) and spec.get("hooks"):
-        attach_hooked_network(paths, pid)
-    write_pid_file(args.pid_file, pid)
+    return pid
 
 
 def record_stub(paths: SandboxPaths, pid: int) -> None:
